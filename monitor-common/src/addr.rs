@@ -1,0 +1,142 @@
+//! Source addresses as map keys.
+//!
+//! IPv4 is stored as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), so one hash map and one
+//! LPM trie serve both families, and an IPv4 prefix of length `L` is the mapped prefix `96 + L`.
+
+/// Bytes 0..12 of every IPv4-mapped IPv6 address.
+pub const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+/// Length of the `::ffff:0:0/96` prefix that IPv4 addresses live under.
+pub const V4_MAPPED_BITS: u8 = 96;
+
+/// A (masked) source address, IPv4 in mapped form. Used as the key of the source, aggregate
+/// and ban maps, and as the data of LPM trie keys.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct AddrKey {
+    pub addr: [u8; 16],
+}
+
+impl AddrKey {
+    pub const fn from_v4(octets: [u8; 4]) -> Self {
+        let mut addr = [0u8; 16];
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        addr[12] = octets[0];
+        addr[13] = octets[1];
+        addr[14] = octets[2];
+        addr[15] = octets[3];
+        Self { addr }
+    }
+
+    pub const fn from_v6(addr: [u8; 16]) -> Self {
+        Self { addr }
+    }
+
+    pub fn is_v4(&self) -> bool {
+        self.addr[..12] == V4_MAPPED_PREFIX
+    }
+
+    /// This address with everything after the first `bits` bits cleared (bits over the whole
+    /// 128-bit mapped space).
+    pub fn masked(&self, mask: &AddrMask) -> Self {
+        let hi = u64::from_ne_bytes(self.hi_bytes()) & mask.hi;
+        let lo = u64::from_ne_bytes(self.lo_bytes()) & mask.lo;
+        let mut addr = [0u8; 16];
+        addr[..8].copy_from_slice(&hi.to_ne_bytes());
+        addr[8..].copy_from_slice(&lo.to_ne_bytes());
+        Self { addr }
+    }
+
+    fn hi_bytes(&self) -> [u8; 8] {
+        let a = &self.addr;
+        [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]
+    }
+
+    fn lo_bytes(&self) -> [u8; 8] {
+        let a = &self.addr;
+        [a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]
+    }
+}
+
+/// A prefix mask over the 128-bit mapped space, as two native-endian words of the address
+/// bytes, so the kernel masks a key with two ANDs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AddrMask {
+    pub hi: u64,
+    pub lo: u64,
+}
+
+impl AddrMask {
+    /// The mask keeping the first `bits` (0..=128, clamped) of a 16-byte address.
+    pub const fn from_bits(bits: u8) -> Self {
+        let bits = if bits > 128 { 128 } else { bits };
+        let mut bytes = [0u8; 16];
+        let mut i = 0;
+        while i < 16 {
+            let remaining = bits as i32 - (i as i32) * 8;
+            bytes[i] = if remaining >= 8 {
+                0xff
+            } else if remaining <= 0 {
+                0
+            } else {
+                0xffu8 << (8 - remaining)
+            };
+            i += 1;
+        }
+        let hi = u64::from_ne_bytes([
+            bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+        ]);
+        let lo = u64::from_ne_bytes([
+            bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15],
+        ]);
+        Self { hi, lo }
+    }
+
+    /// The mask for an IPv4 prefix length (0..=32), in mapped space.
+    pub const fn v4(len: u8) -> Self {
+        let len = if len > 32 { 32 } else { len };
+        Self::from_bits(V4_MAPPED_BITS + len)
+    }
+
+    /// The mask for an IPv6 prefix length (0..=128).
+    pub const fn v6(len: u8) -> Self {
+        Self::from_bits(len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_mask_keeps_mapped_marker_and_network() {
+        let key = AddrKey::from_v4([203, 0, 113, 77]);
+        assert!(key.is_v4());
+        assert_eq!(key.masked(&AddrMask::v4(24)), AddrKey::from_v4([203, 0, 113, 0]));
+        assert_eq!(key.masked(&AddrMask::v4(32)), key);
+        assert_eq!(key.masked(&AddrMask::v4(0)), AddrKey::from_v4([0, 0, 0, 0]));
+    }
+
+    #[test]
+    fn v6_mask_clears_host_bits() {
+        let mut a = [0u8; 16];
+        a[0] = 0x20;
+        a[1] = 0x01;
+        a[7] = 0xab;
+        a[8] = 0xcd;
+        a[15] = 1;
+        let key = AddrKey::from_v6(a);
+        let mut want = a;
+        want[8..].fill(0);
+        assert_eq!(key.masked(&AddrMask::v6(64)).addr, want);
+        want[6..].fill(0);
+        assert_eq!(key.masked(&AddrMask::v6(48)).addr, want);
+        let m = AddrMask::v6(61);
+        let mut w = [0u8; 16];
+        w[0] = 0x20;
+        w[1] = 0x01;
+        w[7] = 0xa8;
+        assert_eq!(key.masked(&m).addr, w);
+    }
+}

@@ -1,0 +1,132 @@
+//! The rate algorithm: GCRA (the generic cell rate algorithm), the virtual-scheduling form of
+//! a token bucket. It is the one definition of a limit, compiled into the kernel program and
+//! into user space (where `monitor::limit` replays arrivals to check the kernel's verdicts).
+//!
+//! A level (a source key, or its aggregate prefix) is a rate `R` per second and a burst `B`.
+//! Its state is one number, the theoretical arrival time `tat` in nanoseconds of the monotonic
+//! clock, with `T = 1e9 / R` the emission interval and `tau = B * T` the tolerance.
+//! A request arriving at `now`:
+//!
+//! ```text
+//!   new_tat = max(tat, now) + T
+//!   admit  if new_tat - now <= tau   (then tat := new_tat)
+//!   refuse otherwise                 (tat unchanged: a refused request costs nothing)
+//! ```
+//!
+//! So a fresh key admits `B` back-to-back requests, the `B+1`th is refused, and budget returns
+//! at one request per `T`. A source sending at most `R`/s on average with bursts of at most `B`
+//! is never refused. The state fits in one `u64`, so the kernel updates it with a single
+//! compare-and-swap and stays exact when one source's packets are processed on several CPUs.
+
+/// One level's limit in the units the kernel uses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Limit {
+    /// `T`: nanoseconds per admitted request. Zero switches the level off.
+    pub interval_ns: u64,
+    /// `tau = B * T`: how far ahead of `now` the theoretical arrival time may run.
+    pub tolerance_ns: u64,
+}
+
+/// Nanoseconds in the period that rates are expressed against.
+pub const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+impl Limit {
+    /// `per` requests per `period_ns`, with a burst of `burst`. Returns `None` for a zero rate
+    /// or burst, or an interval too long to represent.
+    pub const fn new(requests: u64, period_ns: u64, burst: u64) -> Option<Self> {
+        if requests == 0 || burst == 0 {
+            return None;
+        }
+        let interval_ns = period_ns / requests;
+        if interval_ns == 0 {
+            return None;
+        }
+        let tolerance_ns = match interval_ns.checked_mul(burst) {
+            Some(t) => t,
+            None => return None,
+        };
+        Some(Self {
+            interval_ns,
+            tolerance_ns,
+        })
+    }
+
+    /// A switched-off level: every request is admitted and costs nothing.
+    pub const OFF: Self = Self {
+        interval_ns: 0,
+        tolerance_ns: 0,
+    };
+
+    pub const fn is_off(&self) -> bool {
+        self.interval_ns == 0
+    }
+
+    /// The burst `B` this limit was built with.
+    pub const fn burst(&self) -> u64 {
+        if self.interval_ns == 0 {
+            0
+        } else {
+            self.tolerance_ns / self.interval_ns
+        }
+    }
+
+    /// The GCRA step. Returns the new `tat` when the request is admitted, `None` when refused.
+    #[inline(always)]
+    pub fn admit(&self, tat: u64, now: u64) -> Option<u64> {
+        let start = if tat > now { tat } else { now };
+        let new_tat = start + self.interval_ns;
+        if new_tat - now <= self.tolerance_ns {
+            Some(new_tat)
+        } else {
+            None
+        }
+    }
+
+    /// The `tat` of a key seen for the first time and admitted at `now`.
+    #[inline(always)]
+    pub fn first(&self, now: u64) -> u64 {
+        now + self.interval_ns
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn per_sec(r: u64, b: u64) -> Limit {
+        Limit::new(r, NANOS_PER_SEC, b).unwrap()
+    }
+
+    #[test]
+    fn burst_then_refuse_then_refill() {
+        let l = per_sec(10, 5);
+        let now = 1_000_000_000;
+        let mut tat = l.first(now);
+        for _ in 1..5 {
+            tat = l.admit(tat, now).expect("within burst");
+        }
+        assert_eq!(l.admit(tat, now), None, "B+1 refused");
+        // One interval later exactly one more fits.
+        let later = now + l.interval_ns;
+        let tat2 = l.admit(tat, later).expect("refilled by one");
+        assert_eq!(l.admit(tat2, later), None);
+    }
+
+    #[test]
+    fn steady_rate_never_refused() {
+        let l = per_sec(100, 1);
+        let mut tat = l.first(0);
+        for k in 1..10_000u64 {
+            tat = l.admit(tat, k * l.interval_ns).expect("at exactly R/s");
+        }
+    }
+
+    #[test]
+    fn zero_rate_or_burst_is_rejected() {
+        assert_eq!(Limit::new(0, NANOS_PER_SEC, 5), None);
+        assert_eq!(Limit::new(5, NANOS_PER_SEC, 0), None);
+        assert_eq!(Limit::new(2_000_000_000, NANOS_PER_SEC, 1), None);
+        assert_eq!(per_sec(10, 7).burst(), 7);
+    }
+}
