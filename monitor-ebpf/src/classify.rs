@@ -1,0 +1,267 @@
+//! The one classifier, shared by the XDP and TC entry points: parse, pick the monitored
+//! traffic, apply policy in its documented precedence, and charge the limits.
+//!
+//! Precedence, first match wins: allowlist (pass, never limited) > denylist (drop) > active ban
+//! (drop) > source limit > aggregate limit. Deny always drops; bans and limits drop only when
+//! the action is `drop` (with `monitor` they pass and count as `monitor_only`).
+//!
+//! What a request costs each level: one admitted at both levels spends one token of each. One
+//! refused at the source level spends nothing anywhere, so a loud source cannot drain its
+//! neighbours' shared aggregate. One admitted by its source and refused by the aggregate keeps
+//! the source's token spent (the source did send it), and the aggregate's is not spent.
+
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_log_ebpf::{info, warn};
+use monitor_common::{
+    addr::AddrKey,
+    config::{Config, action, config_flags, count_mode, port_flags},
+    event::{Event, kind, level},
+    http::{self, HTTP_INSPECT_MAX},
+    maps::Bucket,
+    stats::Stat,
+};
+
+use crate::{
+    frame::Frame,
+    limit::{Charge, charge_bucket, charge_key, insert_new},
+    maps::{MON_AGGS, MON_CONFIG, MON_PORTS, MON_SOURCES, count},
+    parse::{
+        IPPROTO_TCP, ParseError, Parsed, TCP_FLAG_ACK, TCP_FLAG_SYN, Transport, parse,
+    },
+    policy,
+};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Drop,
+}
+
+/// Bytes a TC program asks to have linear when an skb's headers are not (deepest parse:
+/// two VLAN tags, IPv6 with extension headers, TCP with options).
+const TC_PULL_LEN: usize = 256;
+
+#[inline(always)]
+pub fn classify<F: Frame>(frame: &F) -> Verdict {
+    count(Stat::Seen);
+    let parsed = match parse(frame) {
+        Ok(parsed) => parsed,
+        Err(ParseError::Truncated) if frame.pull(TC_PULL_LEN) => match parse(frame) {
+            Ok(parsed) => parsed,
+            Err(_) => return malformed(),
+        },
+        Err(_) => return malformed(),
+    };
+    let pkt = match parsed {
+        Parsed::Transport(pkt) => pkt,
+        Parsed::LaterFragment => {
+            count(Stat::Fragment);
+            return Verdict::Pass;
+        }
+        Parsed::NotIp | Parsed::OtherProtocol => return not_monitored(),
+    };
+    let want = if pkt.proto == IPPROTO_TCP {
+        port_flags::TCP
+    } else {
+        port_flags::UDP
+    };
+    let monitored = match MON_PORTS.get(pkt.dport as u32) {
+        Some(flags) => *flags & want != 0,
+        None => false,
+    };
+    if !monitored {
+        return not_monitored();
+    }
+    let Some(cfg) = MON_CONFIG.get(0) else {
+        return not_monitored();
+    };
+    count(Stat::Monitored);
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let verdict = decide(frame, &pkt, cfg, now);
+    count(match verdict {
+        Verdict::Pass => Stat::Passed,
+        Verdict::Drop => Stat::Dropped,
+    });
+    verdict
+}
+
+#[inline(always)]
+fn malformed() -> Verdict {
+    count(Stat::Malformed);
+    Verdict::Pass
+}
+
+#[inline(always)]
+fn not_monitored() -> Verdict {
+    count(Stat::NotMonitored);
+    Verdict::Pass
+}
+
+/// A request over a limit (or from a banned source): dropped with reason `reason`, or passed
+/// and counted in monitor mode.
+#[inline(always)]
+fn over_limit(cfg: &Config, reason: Stat) -> Verdict {
+    if cfg.action == action::DROP {
+        count(reason);
+        Verdict::Drop
+    } else {
+        count(Stat::MonitorOnly);
+        Verdict::Pass
+    }
+}
+
+#[inline(always)]
+fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: u64) -> Verdict {
+    let src = &pkt.src;
+    if cfg.flags & config_flags::HAS_ALLOW != 0 && policy::allowlisted(src, now) {
+        count(Stat::Allowlisted);
+        return Verdict::Pass;
+    }
+    if cfg.flags & config_flags::HAS_DENY != 0 && policy::denylisted(src, now) {
+        count(Stat::DroppedDeny);
+        return Verdict::Drop;
+    }
+    let request = is_request(frame, pkt, cfg);
+    let (source_mask, agg_mask) = if pkt.is_v4 {
+        (&cfg.v4_source_mask, &cfg.v4_agg_mask)
+    } else {
+        (&cfg.v6_source_mask, &cfg.v6_agg_mask)
+    };
+    let key = src.masked(source_mask);
+
+    let (charge, bucket) = match MON_SOURCES.get_ptr_mut(&key) {
+        Some(bucket) => {
+            if policy::bucket_banned(bucket, &key, now) {
+                if request {
+                    unsafe {
+                        (*bucket).requests += 1;
+                        (*bucket).refused += 1;
+                    }
+                }
+                return over_limit(cfg, Stat::DroppedBan);
+            }
+            if !request {
+                count(Stat::NotCounted);
+                return Verdict::Pass;
+            }
+            count(Stat::Requests);
+            (charge_bucket(bucket, &cfg.source, now), Some(bucket))
+        }
+        None => {
+            // No bucket: a new source, or one a flood evicted. Its ban, if any, is in MON_BANS.
+            let ban_until = policy::stored_ban(&key, now);
+            if ban_until != 0 {
+                insert_new(&MON_SOURCES, &key, &cfg.source, now, ban_until);
+                return over_limit(cfg, Stat::DroppedBan);
+            }
+            if !request {
+                count(Stat::NotCounted);
+                return Verdict::Pass;
+            }
+            count(Stat::Requests);
+            insert_new(&MON_SOURCES, &key, &cfg.source, now, 0)
+        }
+    };
+
+    if charge == Charge::Refused {
+        if let Some(bucket) = bucket {
+            source_over_limit(frame, bucket, &key, pkt, cfg, now);
+        }
+        return over_limit(cfg, Stat::DroppedRate);
+    }
+    if cfg.aggregate.is_off() {
+        return Verdict::Pass;
+    }
+    let agg_key = src.masked(agg_mask);
+    let (charge, agg_bucket) = charge_key(&MON_AGGS, &agg_key, &cfg.aggregate, now);
+    if charge == Charge::Refused {
+        if let Some(agg_bucket) = agg_bucket
+            && policy::claim_event_slot(agg_bucket, now, false)
+        {
+            let prefix = if pkt.is_v4 { cfg.v4_agg_prefix } else { cfg.v6_agg_prefix };
+            policy::emit(&event(&agg_key, agg_bucket, pkt, cfg, now, level::AGGREGATE, prefix, 0));
+        }
+        return over_limit(cfg, Stat::DroppedAggregate);
+    }
+    Verdict::Pass
+}
+
+/// A source just went over its limit: start its ban if bans are on, and report it.
+#[inline(always)]
+fn source_over_limit<F: Frame>(
+    frame: &F,
+    bucket: *mut Bucket,
+    key: &AddrKey,
+    pkt: &Transport,
+    cfg: &Config,
+    now: u64,
+) {
+    let mut ban_until = 0;
+    if cfg.ban_ns != 0 {
+        if policy::start_ban(bucket, key, now + cfg.ban_ns) {
+            ban_until = now + cfg.ban_ns;
+            info!(frame.ctx(), "ban started on port {} for {} ms", pkt.dport, cfg.ban_ns / 1_000_000);
+        } else {
+            warn!(frame.ctx(), "ban table full: source only rate limited");
+        }
+    }
+    if policy::claim_event_slot(bucket, now, ban_until != 0) {
+        let prefix = if pkt.is_v4 { cfg.v4_prefix } else { cfg.v6_prefix };
+        policy::emit(&event(key, bucket, pkt, cfg, now, level::SOURCE, prefix, ban_until));
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn event(
+    key: &AddrKey,
+    bucket: *mut Bucket,
+    pkt: &Transport,
+    cfg: &Config,
+    now: u64,
+    level: u8,
+    prefix_len: u8,
+    ban_until_ns: u64,
+) -> Event {
+    Event {
+        ts_ns: now,
+        addr: key.addr,
+        prefix_len,
+        level,
+        kind: if ban_until_ns != 0 { kind::BAN } else { kind::OVER_LIMIT },
+        action: cfg.action,
+        proto: pkt.proto,
+        is_v4: pkt.is_v4 as u8,
+        dport: pkt.dport,
+        requests: unsafe { (*bucket).requests },
+        ban_until_ns,
+    }
+}
+
+/// Whether this packet is one request in the configured counting mode.
+#[inline(always)]
+fn is_request<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config) -> bool {
+    let tcp = pkt.proto == IPPROTO_TCP;
+    match cfg.count_mode {
+        count_mode::SYN => {
+            !tcp || (pkt.tcp_flags & TCP_FLAG_SYN != 0 && pkt.tcp_flags & TCP_FLAG_ACK == 0)
+        }
+        count_mode::PACKETS => true,
+        count_mode::HTTP => tcp && pkt.payload_len > 0 && http_request(frame, pkt, cfg),
+        _ => !tcp || pkt.payload_len > 0,
+    }
+}
+
+#[inline(always)]
+fn http_request<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config) -> bool {
+    let mut buf = [0u8; HTTP_INSPECT_MAX];
+    let len = if pkt.payload_len < HTTP_INSPECT_MAX {
+        pkt.payload_len
+    } else {
+        HTTP_INSPECT_MAX
+    };
+    if !frame.load_bytes(pkt.payload_offset, &mut buf, len) {
+        return false;
+    }
+    http::is_request(&buf, len, &cfg.http_path, cfg.http_path_len as usize)
+}

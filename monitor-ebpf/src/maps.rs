@@ -1,0 +1,59 @@
+//! The kernel-side map declarations. Names come from `monitor_common::maps` (the symbol name is
+//! the map name); sizes here are defaults that user space overrides at load time.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+use monitor_common::{
+    addr::AddrKey,
+    config::Config,
+    maps::{
+        Ban, Bucket, DEFAULT_MAX_AGGREGATES, DEFAULT_MAX_SOURCES, EVENTS_BYTES, ListEntry,
+        MAX_BANS, MAX_LIST_ENTRIES, PORT_SLOTS,
+    },
+    stats::STAT_COUNT,
+};
+
+/// LPM tries reject prealloc; the flag is required.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+#[map]
+pub static MON_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static MON_PORTS: Array<u8> = Array::with_max_entries(PORT_SLOTS, 0);
+
+#[map]
+pub static MON_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+#[map]
+pub static MON_SOURCES: LruHashMap<AddrKey, Bucket> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_SOURCES, 0);
+
+#[map]
+pub static MON_AGGS: LruHashMap<AddrKey, Bucket> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_AGGREGATES, 0);
+
+#[map]
+pub static MON_BANS: HashMap<AddrKey, Ban> = HashMap::with_max_entries(MAX_BANS, 0);
+
+#[map]
+pub static MON_ALLOW: LpmTrie<[u8; 16], ListEntry> =
+    LpmTrie::with_max_entries(MAX_LIST_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static MON_DENY: LpmTrie<[u8; 16], ListEntry> =
+    LpmTrie::with_max_entries(MAX_LIST_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static MON_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// Adds one to a per-CPU statistic.
+#[inline(always)]
+pub fn count(stat: monitor_common::stats::Stat) {
+    if let Some(slot) = MON_STATS.get_ptr_mut(stat as u32) {
+        // Per-CPU slot: no other CPU writes it, so a plain add is exact.
+        unsafe { *slot += 1 };
+    }
+}

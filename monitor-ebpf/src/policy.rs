@@ -1,0 +1,99 @@
+//! Policy lookups beside the limiter: allow and deny lists, bans, and offender events.
+
+use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
+use monitor_common::{
+    addr::AddrKey,
+    event::Event,
+    maps::{Ban, Bucket, ListEntry},
+    stats::Stat,
+};
+
+use crate::{
+    atomic,
+    maps::{MON_ALLOW, MON_BANS, MON_DENY, MON_EVENTS, count},
+};
+
+/// Events per key are spaced at least this far apart.
+const EVENT_SPACING_NS: u64 = 1_000_000_000;
+
+#[inline(always)]
+fn listed(trie: &LpmTrie<[u8; 16], ListEntry>, src: &AddrKey, now: u64) -> bool {
+    match trie.get(Key::new(128, src.addr)) {
+        Some(entry) => entry.expires_ns == 0 || entry.expires_ns > now,
+        None => false,
+    }
+}
+
+#[inline(always)]
+pub fn allowlisted(src: &AddrKey, now: u64) -> bool {
+    listed(&MON_ALLOW, src, now)
+}
+
+#[inline(always)]
+pub fn denylisted(src: &AddrKey, now: u64) -> bool {
+    listed(&MON_DENY, src, now)
+}
+
+/// The ban deadline a bucket carries, clearing it (and the authoritative `MON_BANS` entry)
+/// once it has passed. Returns true while the ban holds.
+#[inline(always)]
+pub fn bucket_banned(bucket: *mut Bucket, key: &AddrKey, now: u64) -> bool {
+    let until = unsafe { (*bucket).ban_until_ns };
+    if until == 0 {
+        return false;
+    }
+    if until > now {
+        return true;
+    }
+    unsafe { (*bucket).ban_until_ns = 0 };
+    let _ = MON_BANS.remove(key);
+    false
+}
+
+/// The ban deadline in `MON_BANS` for a key with no bucket (new, or evicted by a flood), or 0.
+/// An expired entry is deleted on sight.
+#[inline(always)]
+pub fn stored_ban(key: &AddrKey, now: u64) -> u64 {
+    match unsafe { MON_BANS.get(key) } {
+        Some(ban) if ban.until_ns > now => ban.until_ns,
+        Some(_) => {
+            let _ = MON_BANS.remove(key);
+            0
+        }
+        None => 0,
+    }
+}
+
+/// Starts a ban: stores it where floods cannot evict it and copies it into the bucket.
+/// Returns false when the ban table is full (the source is then only rate limited).
+#[inline(always)]
+pub fn start_ban(bucket: *mut Bucket, key: &AddrKey, until_ns: u64) -> bool {
+    if MON_BANS.insert(key, Ban { until_ns }, 0).is_err() {
+        count(Stat::BansFull);
+        return false;
+    }
+    unsafe { (*bucket).ban_until_ns = until_ns };
+    count(Stat::BansStarted);
+    true
+}
+
+/// Whether this CPU may emit an event for the bucket now (at most one per key per second;
+/// ban starts always may). Claims the slot with a CAS so two CPUs never both emit.
+#[inline(always)]
+pub fn claim_event_slot(bucket: *mut Bucket, now: u64, always: bool) -> bool {
+    let slot = unsafe { &raw mut (*bucket).last_event_ns };
+    let last = atomic::load(slot);
+    if !always && now.wrapping_sub(last) < EVENT_SPACING_NS {
+        return false;
+    }
+    atomic::compare_and_swap(slot, last, now) || always
+}
+
+/// Sends an event; a full ring buffer costs the event, never the verdict.
+#[inline(always)]
+pub fn emit(event: &Event) {
+    match MON_EVENTS.output::<Event>(event, 0) {
+        Ok(()) => count(Stat::EventsSent),
+        Err(_) => count(Stat::EventsLost),
+    }
+}
