@@ -1,0 +1,172 @@
+//! CIDR prefixes as operators write them (`203.0.113.0/24`, `2001:db8::/48`, or a bare
+//! address), and their form in the kernel's LPM tries (IPv4 in mapped space).
+
+use std::{fmt, net::IpAddr, str::FromStr};
+
+use monitor_common::addr::{AddrKey, AddrMask, V4_MAPPED_BITS};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CidrError {
+    #[error("invalid CIDR {0:?}: expected an address or ADDRESS/LENGTH, e.g. 203.0.113.0/24 or 2001:db8::/48")]
+    Syntax(String),
+    #[error("invalid CIDR {input:?}: prefix length {len} is over {max} for this address family")]
+    Length { input: String, len: u32, max: u8 },
+    #[error("invalid CIDR {input:?}: host bits are set; did you mean {suggestion}?")]
+    HostBits { input: String, suggestion: String },
+}
+
+impl Cidr {
+    /// The prefix as a key of the whole 128-bit mapped space and its length there.
+    pub fn to_mapped(&self) -> (AddrKey, u32) {
+        match self.addr {
+            IpAddr::V4(v4) => (
+                AddrKey::from_v4(v4.octets()),
+                (V4_MAPPED_BITS + self.len) as u32,
+            ),
+            IpAddr::V6(v6) => (AddrKey::from_v6(v6.octets()), self.len as u32),
+        }
+    }
+
+    /// The inverse of `to_mapped` (IPv4-mapped keys become IPv4 prefixes).
+    pub fn from_mapped(key: &AddrKey, mapped_len: u32) -> Self {
+        if key.is_v4() && mapped_len >= V4_MAPPED_BITS as u32 {
+            let a = &key.addr;
+            Self {
+                addr: IpAddr::from([a[12], a[13], a[14], a[15]]),
+                len: (mapped_len - V4_MAPPED_BITS as u32) as u8,
+            }
+        } else {
+            Self {
+                addr: IpAddr::from(key.addr),
+                len: mapped_len.min(128) as u8,
+            }
+        }
+    }
+
+    /// A masked kernel key (source or aggregate) with its prefix length in family terms.
+    pub fn from_key(key: &AddrKey, family_len: u8) -> Self {
+        if key.is_v4() {
+            Self::from_mapped(key, (V4_MAPPED_BITS + family_len.min(32)) as u32)
+        } else {
+            Self::from_mapped(key, family_len.min(128) as u32)
+        }
+    }
+
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        let (net, len) = self.to_mapped();
+        let (other, _) = Cidr {
+            addr,
+            len: if addr.is_ipv4() { 32 } else { 128 },
+        }
+        .to_mapped();
+        other.masked(&AddrMask::from_bits(len as u8)) == net
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = CidrError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let trimmed = input.trim();
+        let (addr_part, len_part) = match trimmed.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (trimmed, None),
+        };
+        let addr: IpAddr = addr_part
+            .parse()
+            .map_err(|_| CidrError::Syntax(input.to_string()))?;
+        let max = if addr.is_ipv4() { 32u8 } else { 128 };
+        let len = match len_part {
+            None => max,
+            Some(l) => {
+                let len: u32 = l.parse().map_err(|_| CidrError::Syntax(input.to_string()))?;
+                if len > max as u32 {
+                    return Err(CidrError::Length {
+                        input: input.to_string(),
+                        len,
+                        max,
+                    });
+                }
+                len as u8
+            }
+        };
+        let cidr = Cidr { addr, len };
+        let (key, mapped_len) = cidr.to_mapped();
+        let masked = key.masked(&AddrMask::from_bits(mapped_len as u8));
+        if masked != key {
+            let suggestion = Cidr::from_mapped(&masked, mapped_len);
+            return Err(CidrError::HostBits {
+                input: input.to_string(),
+                suggestion: suggestion.to_string(),
+            });
+        }
+        Ok(cidr)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl serde::Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_families_and_bare_addresses() {
+        let c: Cidr = "203.0.113.0/24".parse().unwrap();
+        assert_eq!(c.to_string(), "203.0.113.0/24");
+        assert_eq!(c.to_mapped().1, 120);
+        let c: Cidr = "2001:db8::/48".parse().unwrap();
+        assert_eq!(c.to_mapped().1, 48);
+        let c: Cidr = "198.51.100.7".parse().unwrap();
+        assert_eq!(c.len, 32);
+        assert!(c.contains("198.51.100.7".parse().unwrap()));
+        let c: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(c.contains("10.200.1.1".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn rejects_bad_input_with_one_line() {
+        for bad in ["", "10.0.0.0/", "10.0.0.0/33", "2001:db8::/129", "300.1.1.1", "x/8", "10.0.0.1/24"] {
+            let err = bad.parse::<Cidr>().unwrap_err().to_string();
+            assert!(!err.contains('\n'), "{err}");
+        }
+        assert_eq!(
+            "10.0.0.1/24".parse::<Cidr>().unwrap_err().to_string(),
+            "invalid CIDR \"10.0.0.1/24\": host bits are set; did you mean 10.0.0.0/24?"
+        );
+    }
+
+    #[test]
+    fn key_round_trip() {
+        let key = AddrKey::from_v4([192, 0, 2, 0]);
+        assert_eq!(Cidr::from_key(&key, 24).to_string(), "192.0.2.0/24");
+        let mut a = [0u8; 16];
+        a[0] = 0x20;
+        a[1] = 0x01;
+        assert_eq!(Cidr::from_key(&AddrKey::from_v6(a), 64).to_string(), "2001::/64");
+    }
+}

@@ -1,0 +1,358 @@
+//! Owns the kernel objects: loads the embedded eBPF object (optionally adopting maps pinned
+//! by an earlier daemon), attaches the programs, and gives typed access to every map.
+//! This is the only place in user space that writes to the kernel's maps.
+
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{
+        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key,
+    },
+    programs::{ProgramError, SchedClassifier, Xdp},
+};
+use monitor_common::{
+    addr::AddrKey,
+    config::Config,
+    maps::{
+        ALL_MAPS, Ban, Bucket, ListEntry, MAP_AGGREGATES, MAP_ALLOW, MAP_BANS, MAP_CONFIG,
+        MAP_DENY, MAP_EVENTS, MAP_PORTS, MAP_SOURCES, MAP_STATS, PROG_TC, PROG_XDP,
+    },
+    stats::{STAT_COUNT, Stat},
+};
+
+use crate::cidr::Cidr;
+
+/// The eBPF object built by build.rs (aya-build) from `monitor-ebpf`.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("loading the eBPF object failed: {0} (are you root, or have CAP_BPF and CAP_NET_ADMIN?)")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("map or program {0} missing from the eBPF object (was it built from this source tree?)")]
+    Missing(&'static str),
+    #[error("creating pin directory {path}: {source} (is bpffs mounted? `mount -t bpf bpf /sys/fs/bpf`)")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("batched map read failed: {0}")]
+    Batch(#[source] std::io::Error),
+}
+
+type Result<T> = std::result::Result<T, KernelError>;
+
+/// Which list an entry belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum List {
+    Allow,
+    Deny,
+}
+
+impl List {
+    fn map_name(self) -> &'static str {
+        match self {
+            List::Allow => MAP_ALLOW,
+            List::Deny => MAP_DENY,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Capacity of the tracked-sources table.
+    pub max_sources: u32,
+    /// When set, every map is pinned as `<dir>/<MAP_NAME>`, and maps already pinned there are
+    /// adopted (counters, bans and lists survive a daemon restart).
+    pub pin_dir: Option<PathBuf>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            max_sources: 4096,
+            pin_dir: None,
+        }
+    }
+}
+
+/// The kernel statistics, summed over CPUs, indexed by `Stat`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats(pub [u64; STAT_COUNT as usize]);
+
+impl Stats {
+    pub fn get(&self, stat: Stat) -> u64 {
+        self.0[stat as usize]
+    }
+}
+
+pub struct Kernel {
+    ebpf: Ebpf,
+}
+
+impl Kernel {
+    /// Loads the object and both programs (not attached). Nothing is written to the maps:
+    /// `MON_CONFIG` reads as all zeros until `set_config` runs, and no port is monitored.
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(MAP_SOURCES, opts.max_sources.max(1));
+        let pins: Vec<(&'static str, PathBuf)>;
+        if let Some(dir) = &opts.pin_dir {
+            std::fs::create_dir_all(dir).map_err(|source| KernelError::PinDir {
+                path: dir.clone(),
+                source,
+            })?;
+            pins = ALL_MAPS.iter().map(|name| (*name, dir.join(name))).collect();
+            for (name, path) in &pins {
+                loader.map_pin_path(name, path.as_path());
+            }
+        }
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| KernelError::Load(Box::new(e)))?;
+        for name in [PROG_XDP, PROG_TC] {
+            let program = ebpf.program_mut(name).ok_or(KernelError::Missing(name))?;
+            let result = match program {
+                aya::programs::Program::Xdp(p) => p.load(),
+                aya::programs::Program::SchedClassifier(p) => p.load(),
+                _ => return Err(KernelError::Missing(name)),
+            };
+            result.map_err(|source| KernelError::Program { name, source })?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    pub fn xdp(&mut self) -> Result<&mut Xdp> {
+        self.program(PROG_XDP)
+    }
+
+    pub fn tc(&mut self) -> Result<&mut SchedClassifier> {
+        self.program(PROG_TC)
+    }
+
+    fn program<'a, P>(&'a mut self, name: &'static str) -> Result<&'a mut P>
+    where
+        &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+    {
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(KernelError::Missing(name))?;
+        program
+            .try_into()
+            .map_err(|source| KernelError::Program { name, source })
+    }
+
+    fn map(&self, name: &'static str) -> Result<&Map> {
+        self.ebpf.map(name).ok_or(KernelError::Missing(name))
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map> {
+        self.ebpf.map_mut(name).ok_or(KernelError::Missing(name))
+    }
+
+    /// A typed view of a map; `name` is also the error's label.
+    fn typed<'a, T>(&'a self, name: &'static str) -> Result<T>
+    where
+        T: TryFrom<&'a Map, Error = MapError>,
+    {
+        T::try_from(self.map(name)?).map_err(|source| KernelError::Map { name, source })
+    }
+
+    fn typed_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T>
+    where
+        T: TryFrom<&'a mut Map, Error = MapError>,
+    {
+        T::try_from(self.map_mut(name)?).map_err(|source| KernelError::Map { name, source })
+    }
+
+    fn map_err(name: &'static str) -> impl Fn(MapError) -> KernelError {
+        move |source| KernelError::Map { name, source }
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        let array: Array<&MapData, Config> = self.typed(MAP_CONFIG)?;
+        array.get(&0, 0).map_err(Self::map_err(MAP_CONFIG))
+    }
+
+    pub fn set_config(&mut self, config: &Config) -> Result<()> {
+        let mut array: Array<&mut MapData, Config> = self.typed_mut(MAP_CONFIG)?;
+        array.set(0, config, 0).map_err(Self::map_err(MAP_CONFIG))
+    }
+
+    /// Sets the `port_flags` of one port (0 stops monitoring it).
+    pub fn set_port(&mut self, port: u16, flags: u8) -> Result<()> {
+        let mut array: Array<&mut MapData, u8> = self.typed_mut(MAP_PORTS)?;
+        array
+            .set(port as u32, flags, 0)
+            .map_err(Self::map_err(MAP_PORTS))
+    }
+
+    /// Monitored ports and their `port_flags`.
+    pub fn ports(&self) -> Result<Vec<(u16, u8)>> {
+        let array: Array<&MapData, u8> = self.typed(MAP_PORTS)?;
+        let mut out = Vec::new();
+        for (port, flags) in array.iter().enumerate() {
+            let flags = flags.map_err(Self::map_err(MAP_PORTS))?;
+            if flags != 0 {
+                out.push((port as u16, flags));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn stats(&self) -> Result<Stats> {
+        let array: PerCpuArray<&MapData, u64> = self.typed(MAP_STATS)?;
+        let mut stats = Stats::default();
+        for stat in Stat::ALL {
+            let per_cpu = array
+                .get(&(*stat as u32), 0)
+                .map_err(Self::map_err(MAP_STATS))?;
+            stats.0[*stat as usize] = per_cpu.iter().sum();
+        }
+        Ok(stats)
+    }
+
+    pub fn source(&self, key: &AddrKey) -> Result<Option<Bucket>> {
+        self.lookup(MAP_SOURCES, key)
+    }
+
+    pub fn aggregate(&self, key: &AddrKey) -> Result<Option<Bucket>> {
+        self.lookup(MAP_AGGREGATES, key)
+    }
+
+    fn lookup(&self, name: &'static str, key: &AddrKey) -> Result<Option<Bucket>> {
+        let map: HashMap<&MapData, AddrKey, Bucket> = self.typed(name)?;
+        match map.get(key, 0) {
+            Ok(b) => Ok(Some(b)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(KernelError::Map { name, source }),
+        }
+    }
+
+    /// Every tracked source, read with batched lookups (a million entries in well under a second).
+    pub fn sources(&self) -> Result<Vec<(AddrKey, Bucket)>> {
+        crate::batch::read_all(self.map_fd(MAP_SOURCES)?).map_err(KernelError::Batch)
+    }
+
+    pub fn aggregates(&self) -> Result<Vec<(AddrKey, Bucket)>> {
+        crate::batch::read_all(self.map_fd(MAP_AGGREGATES)?).map_err(KernelError::Batch)
+    }
+
+    pub fn bans(&self) -> Result<Vec<(AddrKey, Ban)>> {
+        crate::batch::read_all(self.map_fd(MAP_BANS)?).map_err(KernelError::Batch)
+    }
+
+    fn map_fd(&self, name: &'static str) -> Result<i32> {
+        let fd = match self.map(name)? {
+            Map::HashMap(m) | Map::LruHashMap(m) => m.fd().as_fd().as_raw_fd(),
+            _ => return Err(KernelError::Missing(name)),
+        };
+        Ok(fd)
+    }
+
+    /// Stores a ban the way the kernel does (authoritative entry; the bucket copy is refreshed
+    /// by the kernel when the bucket is next missing).
+    pub fn set_ban(&mut self, key: &AddrKey, until_ns: u64) -> Result<()> {
+        let mut map: HashMap<&mut MapData, AddrKey, Ban> = self.typed_mut(MAP_BANS)?;
+        map.insert(key, Ban { until_ns }, 0)
+            .map_err(Self::map_err(MAP_BANS))?;
+        let mut sources: HashMap<&mut MapData, AddrKey, Bucket> = self.typed_mut(MAP_SOURCES)?;
+        if let Ok(mut bucket) = sources.get(key, 0) {
+            bucket.ban_until_ns = until_ns;
+            let _ = sources.insert(key, bucket, 2 /* BPF_EXIST */);
+        }
+        Ok(())
+    }
+
+    /// Lifts a ban (both the authoritative entry and the bucket's copy).
+    pub fn clear_ban(&mut self, key: &AddrKey) -> Result<bool> {
+        let mut map: HashMap<&mut MapData, AddrKey, Ban> = self.typed_mut(MAP_BANS)?;
+        let existed = match map.remove(key) {
+            Ok(()) => true,
+            Err(MapError::KeyNotFound) => false,
+            Err(source) => return Err(KernelError::Map { name: MAP_BANS, source }),
+        };
+        let mut sources: HashMap<&mut MapData, AddrKey, Bucket> = self.typed_mut(MAP_SOURCES)?;
+        if let Ok(mut bucket) = sources.get(key, 0)
+            && bucket.ban_until_ns != 0
+        {
+            bucket.ban_until_ns = 0;
+            let _ = sources.insert(key, bucket, 2 /* BPF_EXIST */);
+        }
+        Ok(existed)
+    }
+
+    pub fn list_insert(&mut self, list: List, cidr: &Cidr, expires_ns: u64) -> Result<()> {
+        let name = list.map_name();
+        let mut trie: LpmTrie<&mut MapData, [u8; 16], ListEntry> = self.typed_mut(name)?;
+        let (key, len) = cidr.to_mapped();
+        trie.insert(&Key::new(len, key.addr), ListEntry { expires_ns }, 0)
+            .map_err(Self::map_err(name))
+    }
+
+    /// Removes an entry; false when it was not there.
+    pub fn list_remove(&mut self, list: List, cidr: &Cidr) -> Result<bool> {
+        let name = list.map_name();
+        let mut trie: LpmTrie<&mut MapData, [u8; 16], ListEntry> = self.typed_mut(name)?;
+        let (key, len) = cidr.to_mapped();
+        match trie.remove(&Key::new(len, key.addr)) {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(false)
+            }
+            Err(source) => Err(KernelError::Map { name, source }),
+        }
+    }
+
+    pub fn list_entries(&self, list: List) -> Result<Vec<(Cidr, ListEntry)>> {
+        let name = list.map_name();
+        let trie: LpmTrie<&MapData, [u8; 16], ListEntry> = self.typed(name)?;
+        let mut out = Vec::new();
+        for item in trie.iter() {
+            let (key, entry) = item.map_err(Self::map_err(name))?;
+            let addr = AddrKey { addr: key.data() };
+            out.push((Cidr::from_mapped(&addr, key.prefix_len()), entry));
+        }
+        out.sort_by_key(|(c, _)| *c);
+        Ok(out)
+    }
+
+    /// The event ring buffer, taken out of the object (call once).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(MAP_EVENTS)
+            .ok_or(KernelError::Missing(MAP_EVENTS))?;
+        RingBuf::try_from(map).map_err(Self::map_err(MAP_EVENTS))
+    }
+
+    /// Removes every map pin under `dir` that this project creates (used on a clean stop).
+    pub fn remove_pins(dir: &Path) {
+        for name in ALL_MAPS {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+    }
+}
