@@ -15,7 +15,9 @@ pub struct Rate {
 pub enum UnitError {
     #[error("invalid rate {0:?}: expected N/s or N/m with N a whole number, e.g. 100/s")]
     Rate(String),
-    #[error("invalid duration {0:?}: expected a number with a unit (ms, s, m, h, d), e.g. 10m, or 0")]
+    #[error(
+        "invalid duration {0:?}: expected a number with a unit (ms, s, m, h, d), e.g. 10m, or 0"
+    )]
     Duration(String),
 }
 
