@@ -17,8 +17,14 @@ pub const TCP_ACK: u8 = 0x10;
 
 #[derive(Clone, Debug)]
 pub enum L4 {
-    Tcp { dport: u16, flags: u8, options: usize },
-    Udp { dport: u16 },
+    Tcp {
+        dport: u16,
+        flags: u8,
+        options: usize,
+    },
+    Udp {
+        dport: u16,
+    },
     /// Another IP protocol number, with no header of its own.
     Other(u8),
 }
@@ -73,7 +79,12 @@ impl Frame {
 
     /// A TCP segment with data (PSH|ACK): one request in `payload` mode.
     pub fn request(src: &str, dport: u16) -> Self {
-        Self::tcp(src, dport, TCP_PSH | TCP_ACK, b"GET /1.1/contacts/lookup?phone=1 HTTP/1.1\r\n\r\n")
+        Self::tcp(
+            src,
+            dport,
+            TCP_PSH | TCP_ACK,
+            b"GET /1.1/contacts/lookup?phone=1 HTTP/1.1\r\n\r\n",
+        )
     }
 
     pub fn with_vlans(mut self, tags: &[u16]) -> Self {
