@@ -9,9 +9,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{
-        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key,
-    },
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{ProgramError, SchedClassifier, Xdp},
 };
 use monitor_common::{
@@ -31,7 +29,9 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    #[error("loading the eBPF object failed: {0} (are you root, or have CAP_BPF and CAP_NET_ADMIN?)")]
+    #[error(
+        "loading the eBPF object failed: {0} (are you root, or have CAP_BPF and CAP_NET_ADMIN?)"
+    )]
     Load(#[source] Box<aya::EbpfError>),
     #[error("map {name}: {source}")]
     Map {
@@ -45,9 +45,13 @@ pub enum KernelError {
         #[source]
         source: ProgramError,
     },
-    #[error("map or program {0} missing from the eBPF object (was it built from this source tree?)")]
+    #[error(
+        "map or program {0} missing from the eBPF object (was it built from this source tree?)"
+    )]
     Missing(&'static str),
-    #[error("creating pin directory {path}: {source} (is bpffs mounted? `mount -t bpf bpf /sys/fs/bpf`)")]
+    #[error(
+        "creating pin directory {path}: {source} (is bpffs mounted? `mount -t bpf bpf /sys/fs/bpf`)"
+    )]
     PinDir {
         path: PathBuf,
         #[source]
@@ -119,7 +123,10 @@ impl Kernel {
                 path: dir.clone(),
                 source,
             })?;
-            pins = ALL_MAPS.iter().map(|name| (*name, dir.join(name))).collect();
+            pins = ALL_MAPS
+                .iter()
+                .map(|name| (*name, dir.join(name)))
+                .collect();
             for (name, path) in &pins {
                 loader.map_pin_path(name, path.as_path());
             }
@@ -292,7 +299,12 @@ impl Kernel {
         let existed = match map.remove(key) {
             Ok(()) => true,
             Err(MapError::KeyNotFound) => false,
-            Err(source) => return Err(KernelError::Map { name: MAP_BANS, source }),
+            Err(source) => {
+                return Err(KernelError::Map {
+                    name: MAP_BANS,
+                    source,
+                });
+            }
         };
         let mut sources: HashMap<&mut MapData, AddrKey, Bucket> = self.typed_mut(MAP_SOURCES)?;
         if let Ok(mut bucket) = sources.get(key, 0)
