@@ -158,7 +158,7 @@ impl Frame {
                 flags,
                 options,
             } => {
-                assert!(options % 4 == 0 && *options <= 40);
+                assert!(options.is_multiple_of(4) && *options <= 40);
                 l4.extend_from_slice(&40000u16.to_be_bytes());
                 l4.extend_from_slice(&dport.to_be_bytes());
                 l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]);
@@ -201,7 +201,7 @@ impl Frame {
         }
         match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                assert!(self.ipv4_options % 4 == 0 && self.ipv4_options <= 40);
+                assert!(self.ipv4_options.is_multiple_of(4) && self.ipv4_options <= 40);
                 let hl = 20 + self.ipv4_options;
                 frame.push(0x40 | (hl / 4) as u8);
                 frame.push(0);
@@ -235,7 +235,7 @@ impl Frame {
                         assert_eq!(*len, 8);
                         ext[2..4].copy_from_slice(&(self.v6_fragment_offset << 3).to_be_bytes());
                     } else {
-                        assert!(len % 8 == 0 && *len >= 8);
+                        assert!(len.is_multiple_of(8) && *len >= 8);
                         ext[1] = (len / 8 - 1) as u8;
                     }
                     frame.extend_from_slice(&ext);
