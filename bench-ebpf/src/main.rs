@@ -99,11 +99,17 @@ mod programs {
             core::ptr::write_unaligned(src, value);
             if ip_csum_off != 0 {
                 let p = (data + ip_csum_off) as *mut u16;
-                core::ptr::write_unaligned(p, csum_replace(core::ptr::read_unaligned(p), old, value));
+                core::ptr::write_unaligned(
+                    p,
+                    csum_replace(core::ptr::read_unaligned(p), old, value),
+                );
             }
             if l4 != 0 {
                 let p = (data + l4) as *mut u16;
-                core::ptr::write_unaligned(p, csum_replace(core::ptr::read_unaligned(p), old, value));
+                core::ptr::write_unaligned(
+                    p,
+                    csum_replace(core::ptr::read_unaligned(p), old, value),
+                );
             }
         }
         if cfg.ifindex == 0 {

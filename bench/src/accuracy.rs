@@ -29,14 +29,32 @@ pub struct AccuracyResult {
     pub secs: f64,
 }
 
-pub fn run(t: &Topology, bench: &mut Bench, secs: f64, reps: usize) -> anyhow::Result<AccuracyResult> {
+pub fn run(
+    t: &Topology,
+    bench: &mut Bench,
+    secs: f64,
+    reps: usize,
+) -> anyhow::Result<AccuracyResult> {
     let gen_prog: std::os::fd::OwnedFd = {
         use std::os::fd::AsFd as _;
-        bench.prog("bench_gen")?.fd()?.as_fd().try_clone_to_owned()?
+        bench
+            .prog("bench_gen")?
+            .fd()?
+            .as_fd()
+            .try_clone_to_owned()?
     };
     let frame = set_gen(bench, Traffic::V4Udp, 1, t.gen_ifindex)?;
-    let rule = Rule { per_sec: Some(RATE), per_min: 0, burst: BURST };
-    let filters = [Filter::XdpNative, Filter::NftNetdev, Filter::NftInet, Filter::Iptables];
+    let rule = Rule {
+        per_sec: Some(RATE),
+        per_min: 0,
+        burst: BURST,
+    };
+    let filters = [
+        Filter::XdpNative,
+        Filter::NftNetdev,
+        Filter::NftInet,
+        Filter::Iptables,
+    ];
     let mut samples: BTreeMap<(Filter, u32), Vec<(f64, f64)>> = BTreeMap::new();
     for _ in 0..reps {
         for factor in [2u32, 10, 100] {
@@ -51,11 +69,26 @@ pub fn run(t: &Topology, bench: &mut Bench, secs: f64, reps: usize) -> anyhow::R
                     let chunk = ((per_thread * 0.002).ceil() as u32).max(1);
                     let frames = (per_thread * secs) as u64;
                     let handles = (0..2)
-                        .map(|cpu| tg::spawn(&gen_prog, &t.gen_ns, cpu, frame.clone(), Pace::Paced { frames, chunk, pps: per_thread }))
+                        .map(|cpu| {
+                            tg::spawn(
+                                &gen_prog,
+                                &t.gen_ns,
+                                cpu,
+                                frame.clone(),
+                                Pace::Paced {
+                                    frames,
+                                    chunk,
+                                    pps: per_thread,
+                                },
+                            )
+                        })
                         .collect::<anyhow::Result<Vec<_>>>()?;
                     let mut sent = Vec::new();
                     for h in handles {
-                        sent.push(h.join().map_err(|_| anyhow::anyhow!("generator thread panicked"))??);
+                        sent.push(
+                            h.join()
+                                .map_err(|_| anyhow::anyhow!("generator thread panicked"))??,
+                        );
                     }
                     thread::sleep(Duration::from_millis(50));
                     let passed = t.transport_in()? - before;
@@ -74,12 +107,21 @@ pub fn run(t: &Topology, bench: &mut Bench, secs: f64, reps: usize) -> anyhow::R
             }
         }
     }
-    let mut out = AccuracyResult { secs, ..Default::default() };
+    let mut out = AccuracyResult {
+        secs,
+        ..Default::default()
+    };
     for ((f, factor), v) in samples {
         let adm: Vec<f64> = v.iter().map(|x| x.0).collect();
         let off = summarize(&v.iter().map(|x| x.1).collect::<Vec<_>>()).median;
-        out.admitted.entry(f.label().to_string()).or_default().insert(factor, summarize(&adm));
-        out.offered.entry(f.label().to_string()).or_default().insert(factor, off);
+        out.admitted
+            .entry(f.label().to_string())
+            .or_default()
+            .insert(factor, summarize(&adm));
+        out.offered
+            .entry(f.label().to_string())
+            .or_default()
+            .insert(factor, off);
     }
     Ok(out)
 }
@@ -88,6 +130,8 @@ impl AccuracyResult {
     /// Worst |admitted/limit - 1| over factors and repetitions for one configuration.
     pub fn max_error(&self, f: Filter) -> Option<f64> {
         let m = self.admitted.get(f.label())?;
-        m.values().map(|s| (s.min - 1.0).abs().max((s.max - 1.0).abs())).reduce(f64::max)
+        m.values()
+            .map(|s| (s.min - 1.0).abs().max((s.max - 1.0).abs()))
+            .reduce(f64::max)
     }
 }

@@ -73,34 +73,126 @@ pub fn run(sources: &[u32], rounds: usize, repeat: u32) -> anyhow::Result<CostRe
     let d4 = ip("192.0.2.1");
     let d6 = ip("2001:db8::1");
     let pl = [0u8; 18];
-    let f = |src, dst, vlan, l4, port, payload: &[u8]| frames::build(src, dst, vlan, l4, port, payload).bytes;
+    let f = |src, dst, vlan, l4, port, payload: &[u8]| {
+        frames::build(src, dst, vlan, l4, port, payload).bytes
+    };
     use Prog::*;
     let cases = vec![
-        Case { name: "trivial XDP_PASS", prog: TrivialPass, mode: count_mode::PACKETS, frame: f(v4_pass, d4, None, L4::Udp, PORT, &pl), expect: 2 },
-        Case { name: "trivial XDP_DROP", prog: TrivialDrop, mode: count_mode::PACKETS, frame: f(v4_pass, d4, None, L4::Udp, PORT, &pl), expect: 1 },
-        Case { name: "not monitored (other port)", prog: MonitorXdp, mode: count_mode::PAYLOAD, frame: f(v4_pass, d4, None, L4::Udp, OTHER_PORT, &pl), expect: 2 },
-        Case { name: "IPv4 UDP monitored pass", prog: MonitorXdp, mode: count_mode::PAYLOAD, frame: f(v4_pass, d4, None, L4::Udp, PORT, &pl), expect: 2 },
-        Case { name: "IPv4 UDP rate drop", prog: MonitorXdp, mode: count_mode::PAYLOAD, frame: f(v4_drop, d4, None, L4::Udp, PORT, &pl), expect: 1 },
-        Case { name: "IPv6 UDP monitored pass", prog: MonitorXdp, mode: count_mode::PAYLOAD, frame: f(v6_pass, d6, None, L4::Udp, PORT, &pl), expect: 2 },
-        Case { name: "IPv6 UDP rate drop", prog: MonitorXdp, mode: count_mode::PAYLOAD, frame: f(v6_drop, d6, None, L4::Udp, PORT, &pl), expect: 1 },
-        Case { name: "VLAN IPv4 UDP monitored pass", prog: MonitorXdp, mode: count_mode::PAYLOAD, frame: f(v4_pass, d4, Some(100), L4::Udp, PORT, &pl), expect: 2 },
-        Case { name: "VLAN IPv4 UDP rate drop", prog: MonitorXdp, mode: count_mode::PAYLOAD, frame: f(v4_drop, d4, Some(100), L4::Udp, PORT, &pl), expect: 1 },
-        Case { name: "IPv4 TCP SYN monitored pass (syn mode)", prog: MonitorXdp, mode: count_mode::SYN, frame: f(v4_pass, d4, None, L4::Syn, PORT, &[]), expect: 2 },
-        Case { name: "IPv4 TCP http request pass (http mode)", prog: MonitorXdp, mode: count_mode::HTTP, frame: f(v4_pass, d4, None, L4::Data, PORT, HTTP_REQ), expect: 2 },
-        Case { name: "IPv4 TCP http request drop (http mode)", prog: MonitorXdp, mode: count_mode::HTTP, frame: f(v4_drop, d4, None, L4::Data, PORT, HTTP_REQ), expect: 1 },
-        Case { name: "TC IPv4 UDP monitored pass", prog: MonitorTc, mode: count_mode::PAYLOAD, frame: f(v4_pass, d4, None, L4::Udp, PORT, &pl), expect: 0 },
-        Case { name: "TC IPv4 UDP rate drop", prog: MonitorTc, mode: count_mode::PAYLOAD, frame: f(v4_drop, d4, None, L4::Udp, PORT, &pl), expect: 2 },
+        Case {
+            name: "trivial XDP_PASS",
+            prog: TrivialPass,
+            mode: count_mode::PACKETS,
+            frame: f(v4_pass, d4, None, L4::Udp, PORT, &pl),
+            expect: 2,
+        },
+        Case {
+            name: "trivial XDP_DROP",
+            prog: TrivialDrop,
+            mode: count_mode::PACKETS,
+            frame: f(v4_pass, d4, None, L4::Udp, PORT, &pl),
+            expect: 1,
+        },
+        Case {
+            name: "not monitored (other port)",
+            prog: MonitorXdp,
+            mode: count_mode::PAYLOAD,
+            frame: f(v4_pass, d4, None, L4::Udp, OTHER_PORT, &pl),
+            expect: 2,
+        },
+        Case {
+            name: "IPv4 UDP monitored pass",
+            prog: MonitorXdp,
+            mode: count_mode::PAYLOAD,
+            frame: f(v4_pass, d4, None, L4::Udp, PORT, &pl),
+            expect: 2,
+        },
+        Case {
+            name: "IPv4 UDP rate drop",
+            prog: MonitorXdp,
+            mode: count_mode::PAYLOAD,
+            frame: f(v4_drop, d4, None, L4::Udp, PORT, &pl),
+            expect: 1,
+        },
+        Case {
+            name: "IPv6 UDP monitored pass",
+            prog: MonitorXdp,
+            mode: count_mode::PAYLOAD,
+            frame: f(v6_pass, d6, None, L4::Udp, PORT, &pl),
+            expect: 2,
+        },
+        Case {
+            name: "IPv6 UDP rate drop",
+            prog: MonitorXdp,
+            mode: count_mode::PAYLOAD,
+            frame: f(v6_drop, d6, None, L4::Udp, PORT, &pl),
+            expect: 1,
+        },
+        Case {
+            name: "VLAN IPv4 UDP monitored pass",
+            prog: MonitorXdp,
+            mode: count_mode::PAYLOAD,
+            frame: f(v4_pass, d4, Some(100), L4::Udp, PORT, &pl),
+            expect: 2,
+        },
+        Case {
+            name: "VLAN IPv4 UDP rate drop",
+            prog: MonitorXdp,
+            mode: count_mode::PAYLOAD,
+            frame: f(v4_drop, d4, Some(100), L4::Udp, PORT, &pl),
+            expect: 1,
+        },
+        Case {
+            name: "IPv4 TCP SYN monitored pass (syn mode)",
+            prog: MonitorXdp,
+            mode: count_mode::SYN,
+            frame: f(v4_pass, d4, None, L4::Syn, PORT, &[]),
+            expect: 2,
+        },
+        Case {
+            name: "IPv4 TCP http request pass (http mode)",
+            prog: MonitorXdp,
+            mode: count_mode::HTTP,
+            frame: f(v4_pass, d4, None, L4::Data, PORT, HTTP_REQ),
+            expect: 2,
+        },
+        Case {
+            name: "IPv4 TCP http request drop (http mode)",
+            prog: MonitorXdp,
+            mode: count_mode::HTTP,
+            frame: f(v4_drop, d4, None, L4::Data, PORT, HTTP_REQ),
+            expect: 1,
+        },
+        Case {
+            name: "TC IPv4 UDP monitored pass",
+            prog: MonitorTc,
+            mode: count_mode::PAYLOAD,
+            frame: f(v4_pass, d4, None, L4::Udp, PORT, &pl),
+            expect: 0,
+        },
+        Case {
+            name: "TC IPv4 UDP rate drop",
+            prog: MonitorTc,
+            mode: count_mode::PAYLOAD,
+            frame: f(v4_drop, d4, None, L4::Udp, PORT, &pl),
+            expect: 2,
+        },
     ];
 
     let max = *sources.iter().max().unwrap_or(&1);
-    let mut kernel = Kernel::load(&LoadOptions { max_sources: max.max(16), pin_dir: None })
-        .context("loading the monitor object (bench needs root)")?;
+    let mut kernel = Kernel::load(&LoadOptions {
+        max_sources: max.max(16),
+        pin_dir: None,
+    })
+    .context("loading the monitor object (bench needs root)")?;
     kernel.set_port(PORT, port_flags::TCP | port_flags::UDP)?;
     let mut bench = Bench::load()?;
 
     // Everyone except the drop sources can always pass; the drop sources' buckets sit an hour
     // in the future under a one-per-hour limit, so each of their requests is refused.
-    let far = Bucket { tat_ns: u64::MAX / 4, ..Default::default() };
+    let far = Bucket {
+        tat_ns: u64::MAX / 4,
+        ..Default::default()
+    };
     let key = |a: IpAddr, prefix_v6: bool| match a {
         IpAddr::V4(v) => AddrKey::from_v4(v.octets()),
         IpAddr::V6(v) => {
@@ -128,12 +220,22 @@ pub fn run(sources: &[u32], rounds: usize, repeat: u32) -> anyhow::Result<CostRe
         // Pre-fill the rest of the table with distinct sources that would pass.
         if n > filled {
             let extra: Vec<(AddrKey, Bucket)> = (filled..n)
-                .map(|i| (fill::v4_source(i), Bucket { tat_ns: 1, ..Default::default() }))
+                .map(|i| {
+                    (
+                        fill::v4_source(i),
+                        Bucket {
+                            tat_ns: 1,
+                            ..Default::default()
+                        },
+                    )
+                })
                 .collect();
             fill::update_all(fd, &extra).context("pre-filling the source table")?;
             filled = n;
         }
-        let tracked = monitor::batch::read_all::<AddrKey, Bucket>(fd).map(|v| v.len()).unwrap_or(0);
+        let tracked = monitor::batch::read_all::<AddrKey, Bucket>(fd)
+            .map(|v| v.len())
+            .unwrap_or(0);
         eprintln!("bench: program cost with {n} tracked sources (table holds {tracked})");
         let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
         for _ in 0..rounds {
@@ -143,9 +245,17 @@ pub fn run(sources: &[u32], rounds: usize, repeat: u32) -> anyhow::Result<CostRe
                 } else {
                     admit_all()
                 };
-                let cfg = Config { source: limit, count_mode: case.mode, ..Config::default() };
+                let cfg = Config {
+                    source: limit,
+                    count_mode: case.mode,
+                    ..Config::default()
+                };
                 kernel.set_config(&cfg)?;
-                let opts = TestRunOptions { data_in: Some(&case.frame), repeat, ..TestRunOptions::new() };
+                let opts = TestRunOptions {
+                    data_in: Some(&case.frame),
+                    repeat,
+                    ..TestRunOptions::new()
+                };
                 let r = match case.prog {
                     TrivialPass => bench.prog("bench_pass")?.test_run(opts),
                     TrivialDrop => bench.prog("bench_drop")?.test_run(opts),
@@ -164,7 +274,9 @@ pub fn run(sources: &[u32], rounds: usize, repeat: u32) -> anyhow::Result<CostRe
             }
         }
         for (ci, case) in cases.iter().enumerate() {
-            ns.entry(case.name.to_string()).or_default().insert(n, summarize(&samples[ci]));
+            ns.entry(case.name.to_string())
+                .or_default()
+                .insert(n, summarize(&samples[ci]));
         }
     }
     Ok(CostResult { ns, repeat, rounds })

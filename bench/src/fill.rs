@@ -63,14 +63,6 @@ pub fn v4_source(i: u32) -> AddrKey {
     AddrKey::from_v4((V4_BASE + i).to_be_bytes())
 }
 
-/// The i-th synthetic IPv6 source: 2001:db8:1:(i as the next 32 bits)::/64, masked to /64.
-pub fn v6_source_key(i: u32) -> AddrKey {
-    let mut a = [0u8; 16];
-    a[..4].copy_from_slice(&V6_PREFIX);
-    a[4..8].copy_from_slice(&(V6_BASE + i).to_be_bytes());
-    AddrKey::from_v6(a)
-}
-
 /// 10.128.0.0: room for 2^22 sources without leaving 10/8.
 pub const V4_BASE: u32 = 0x0a80_0000;
 /// The first 32 bits of every IPv6 source, and the counter base of the next 32.

@@ -23,6 +23,7 @@ use crate::{
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[allow(clippy::enum_variant_names)] // `NoFilter` reads better than `None` next to `Option`.
 pub enum Filter {
     NoFilter,
     TrivialDrop,
@@ -70,7 +71,11 @@ pub struct Rule {
 }
 
 impl Rule {
-    pub const STRICT: Rule = Rule { per_sec: None, per_min: 1, burst: 1 };
+    pub const STRICT: Rule = Rule {
+        per_sec: None,
+        per_min: 1,
+        burst: 1,
+    };
     fn nft_rate(&self) -> String {
         match self.per_sec {
             Some(r) => format!("{r}/second burst {} packets", self.burst),
@@ -101,69 +106,133 @@ pub struct Installed {
 
 fn nft_script(t: &Topology, table: &str, family: &str, rule: &Rule) -> String {
     let hook = if family == "netdev" {
-        format!("type filter hook ingress device \"{}\" priority 0; policy accept;", t.api_if)
+        format!(
+            "type filter hook ingress device \"{}\" priority 0; policy accept;",
+            t.api_if
+        )
     } else {
         "type filter hook prerouting priority raw; policy accept;".to_string()
     };
     let rate = rule.nft_rate();
     let set = |name: &str, ty: &str| {
-        format!("  set {name} {{ type {ty}; size {PEER_SIZE}; flags dynamic,timeout; timeout 10m; gc-interval 1m; }}\n")
+        format!(
+            "  set {name} {{ type {ty}; size {PEER_SIZE}; flags dynamic,timeout; timeout 10m; gc-interval 1m; }}\n"
+        )
     };
     let mut s = format!("table {family} {table} {{\n");
     s += &set("m4", "ipv4_addr");
     s += &set("m6", "ipv6_addr");
     s += &format!("  chain in {{\n    {hook}\n");
-    for (l3, set, l4) in [("ip", "m4", "udp"), ("ip", "m4", "tcp"), ("ip6", "m6", "udp"), ("ip6", "m6", "tcp")] {
+    for (l3, set, l4) in [
+        ("ip", "m4", "udp"),
+        ("ip", "m4", "tcp"),
+        ("ip6", "m6", "udp"),
+        ("ip6", "m6", "tcp"),
+    ] {
         let family_match = match (family, l3) {
             ("netdev", "ip") => "meta protocol ip",
             ("netdev", _) => "meta protocol ip6",
             (_, "ip") => "meta nfproto ipv4",
             _ => "meta nfproto ipv6",
         };
-        s += &format!("    {family_match} {l4} dport {PORT} add @{set} {{ {l3} saddr limit rate over {rate} }} drop\n");
+        s += &format!(
+            "    {family_match} {l4} dport {PORT} add @{set} {{ {l3} saddr limit rate over {rate} }} drop\n"
+        );
     }
     s += "  }\n}\n";
     s
 }
 
-pub fn install(f: Filter, t: &Topology, bench: &mut Bench, rule: &Rule) -> anyhow::Result<Installed> {
-    let mut inst = Installed { filter: f, kernel: None, trivial_link: None, base_drops: 0 };
+pub fn install(
+    f: Filter,
+    t: &Topology,
+    bench: &mut Bench,
+    rule: &Rule,
+) -> anyhow::Result<Installed> {
+    let mut inst = Installed {
+        filter: f,
+        kernel: None,
+        trivial_link: None,
+        base_drops: 0,
+    };
     let table = format!("mb{}", std::process::id());
     match f {
         Filter::NoFilter => {}
         Filter::TrivialDrop => {
             inst.base_drops = bench.drops()?;
-            let link = net::within(&t.api, || Ok(bench.prog("bench_drop")?.attach(&t.api_if, XdpMode::Driver)?))
-                .context("attaching the trivial XDP_DROP")?;
+            let link = net::within(&t.api, || {
+                Ok(bench
+                    .prog("bench_drop")?
+                    .attach(&t.api_if, XdpMode::Driver)?)
+            })
+            .context("attaching the trivial XDP_DROP")?;
             inst.trivial_link = Some(link);
         }
         Filter::NftNetdev | Filter::NftInet => {
-            let family = if f == Filter::NftNetdev { "netdev" } else { "inet" };
+            let family = if f == Filter::NftNetdev {
+                "netdev"
+            } else {
+                "inet"
+            };
             let script = nft_script(t, &table, family, rule);
-            sh_stdin(&["ip", "netns", "exec", &t.api.name, "nft", "-f", "-"], &script)
-                .with_context(|| format!("installing nftables:\n{script}"))?;
+            sh_stdin(
+                &["ip", "netns", "exec", &t.api.name, "nft", "-f", "-"],
+                &script,
+            )
+            .with_context(|| format!("installing nftables:\n{script}"))?;
         }
         Filter::Iptables => {
-            for (cmd, name) in [("iptables", format!("{table}4")), ("ip6tables", format!("{table}6"))] {
+            for (cmd, name) in [
+                ("iptables", format!("{table}4")),
+                ("ip6tables", format!("{table}6")),
+            ] {
                 for proto in ["udp", "tcp"] {
                     let port = PORT.to_string();
                     let rate = rule.ipt_rate();
                     let burst = rule.burst.to_string();
                     let size = PEER_SIZE.to_string();
-                    t.api.exec(&[
-                        cmd, "-t", "raw", "-A", "PREROUTING", "-p", proto, "--dport", &port, "-m", "hashlimit",
-                        "--hashlimit-name", &name, "--hashlimit-mode", "srcip", "--hashlimit-above", &rate,
-                        "--hashlimit-burst", &burst, "--hashlimit-htable-size", &size, "--hashlimit-htable-max",
-                        &size, "--hashlimit-htable-expire", "600000", "--hashlimit-htable-gcinterval", "60000",
-                        "-j", "DROP",
-                    ])
-                    .context("installing iptables hashlimit")?;
+                    t.api
+                        .exec(&[
+                            cmd,
+                            "-t",
+                            "raw",
+                            "-A",
+                            "PREROUTING",
+                            "-p",
+                            proto,
+                            "--dport",
+                            &port,
+                            "-m",
+                            "hashlimit",
+                            "--hashlimit-name",
+                            &name,
+                            "--hashlimit-mode",
+                            "srcip",
+                            "--hashlimit-above",
+                            &rate,
+                            "--hashlimit-burst",
+                            &burst,
+                            "--hashlimit-htable-size",
+                            &size,
+                            "--hashlimit-htable-max",
+                            &size,
+                            "--hashlimit-htable-expire",
+                            "600000",
+                            "--hashlimit-htable-gcinterval",
+                            "60000",
+                            "-j",
+                            "DROP",
+                        ])
+                        .context("installing iptables hashlimit")?;
                 }
             }
         }
         Filter::XdpNative | Filter::XdpGeneric | Filter::Tc => {
-            let mut k = Kernel::load(&LoadOptions { max_sources: OUR_CAPACITY, pin_dir: None })
-                .context("loading the monitor object")?;
+            let mut k = Kernel::load(&LoadOptions {
+                max_sources: OUR_CAPACITY,
+                pin_dir: None,
+            })
+            .context("loading the monitor object")?;
             k.set_config(&Config {
                 source: rule.limit(),
                 count_mode: count_mode::PACKETS,
@@ -208,7 +277,9 @@ impl Installed {
 
     /// Our tracked-source count (batched read) and the source map's kernel memory (memlock).
     pub fn our_table(&mut self) -> anyhow::Result<Option<(usize, u64)>> {
-        let Some(k) = self.kernel.as_mut() else { return Ok(None) };
+        let Some(k) = self.kernel.as_mut() else {
+            return Ok(None);
+        };
         let n = k.sources()?.len();
         let map = k.ebpf_mut().map(MAP_SOURCES).context("MON_SOURCES")?;
         let fd = crate::fill::map_fd(map)?;
@@ -238,7 +309,8 @@ impl Installed {
             }
             Filter::Iptables => {
                 t.api.exec(&["iptables", "-t", "raw", "-F", "PREROUTING"])?;
-                t.api.exec(&["ip6tables", "-t", "raw", "-F", "PREROUTING"])?;
+                t.api
+                    .exec(&["ip6tables", "-t", "raw", "-F", "PREROUTING"])?;
             }
             _ => {
                 // Dropping the object closes its links, which detaches the programs.

@@ -33,7 +33,14 @@ fn sum_be(bytes: &[u8]) -> u64 {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn build(src: IpAddr, dst: IpAddr, vlan: Option<u16>, l4: L4, dport: u16, payload: &[u8]) -> Built {
+pub fn build(
+    src: IpAddr,
+    dst: IpAddr,
+    vlan: Option<u16>,
+    l4: L4,
+    dport: u16,
+    payload: &[u8],
+) -> Built {
     let mut seg = Vec::new();
     let proto = match l4 {
         L4::Udp => {
@@ -123,7 +130,14 @@ mod tests {
 
     #[test]
     fn v4_header_checksum_verifies() {
-        let b = build("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap(), None, L4::Udp, 8443, &[0; 18]);
+        let b = build(
+            "10.0.0.1".parse().unwrap(),
+            "10.0.0.2".parse().unwrap(),
+            None,
+            L4::Udp,
+            8443,
+            &[0; 18],
+        );
         assert_eq!(b.bytes.len(), 60);
         assert_eq!(fold(sum_be(&b.bytes[14..34])), 0);
     }

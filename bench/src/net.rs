@@ -37,7 +37,8 @@ impl Netns {
     }
 
     pub fn file(&self) -> anyhow::Result<File> {
-        File::open(format!("/var/run/netns/{}", self.name)).with_context(|| format!("opening netns {}", self.name))
+        File::open(format!("/var/run/netns/{}", self.name))
+            .with_context(|| format!("opening netns {}", self.name))
     }
 }
 
@@ -66,11 +67,19 @@ pub fn within<T>(ns: &Netns, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::R
 
 /// Removes namespaces an earlier, killed run left behind (their owner pid is gone).
 pub fn remove_stale() {
-    let Ok(list) = sh(&["ip", "netns", "list"]) else { return };
+    let Ok(list) = sh(&["ip", "netns", "list"]) else {
+        return;
+    };
     for line in list.lines() {
         let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
-        let pid: String = rest.chars().skip(1).take_while(|c| c.is_ascii_digit()).collect();
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let pid: String = rest
+            .chars()
+            .skip(1)
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
         if let Ok(pid) = pid.parse::<u32>()
             && pid != std::process::id()
             && !std::path::Path::new(&format!("/proc/{pid}")).exists()
@@ -86,10 +95,8 @@ pub struct Topology {
     pub api: Netns,
     pub gen_ns: Netns,
     pub api_if: String,
-    pub gen_if: String,
     pub idle_if: String,
     pub gen_ifindex: u32,
-    pub queues: usize,
     /// The API's UDP port is open (IPv4 and IPv6) but never read: admitted datagrams end in a
     /// full socket buffer, as at a busy server, instead of each costing an ICMP unreachable.
     _udp_sink: std::net::UdpSocket,
@@ -111,34 +118,117 @@ impl Topology {
         let idle_if = format!("bi{id}{tag}");
         let q = queues.to_string();
         sh(&[
-            "ip", "link", "add", &gen_if, "netns", &gen_ns.name, "numtxqueues", &q, "numrxqueues", &q,
-            "type", "veth", "peer", "name", &api_if, "netns", &api.name, "numtxqueues", &q,
-            "numrxqueues", &q,
+            "ip",
+            "link",
+            "add",
+            &gen_if,
+            "netns",
+            &gen_ns.name,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &api_if,
+            "netns",
+            &api.name,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
         ])?;
-        gen_ns.exec(&["ip", "link", "add", &idle_if, "type", "veth", "peer", "name", &format!("{idle_if}p")])?;
+        gen_ns.exec(&[
+            "ip",
+            "link",
+            "add",
+            &idle_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{idle_if}p"),
+        ])?;
         for i in [&idle_if, &format!("{idle_if}p"), &gen_if] {
             gen_ns.exec(&["ip", "link", "set", i, "up"])?;
         }
         api.exec(&["ip", "link", "set", &api_if, "address", API_MAC])?;
         api.exec(&["ip", "link", "set", &api_if, "up"])?;
-        api.exec(&["ip", "-4", "addr", "add", &format!("{API_V4}/24"), "dev", &api_if])?;
-        api.exec(&["ip", "-6", "addr", "add", &format!("{API_V6}/64"), "dev", &api_if, "nodad"])?;
+        api.exec(&[
+            "ip",
+            "-4",
+            "addr",
+            "add",
+            &format!("{API_V4}/24"),
+            "dev",
+            &api_if,
+        ])?;
+        api.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{API_V6}/64"),
+            "dev",
+            &api_if,
+            "nodad",
+        ])?;
         // Replies (ICMP unreachable, RST) go to a fixed neighbour: no ARP/ND per source.
         let gen_mac = gen_ns.exec(&["cat", &format!("/sys/class/net/{gen_if}/address")])?;
         let gen_mac = gen_mac.trim();
-        api.exec(&["ip", "neigh", "add", GW_V4, "lladdr", gen_mac, "dev", &api_if, "nud", "permanent"])?;
-        api.exec(&["ip", "-6", "neigh", "add", GW_V6, "lladdr", gen_mac, "dev", &api_if, "nud", "permanent"])?;
-        api.exec(&["ip", "route", "add", "default", "via", GW_V4, "dev", &api_if])?;
-        api.exec(&["ip", "-6", "route", "add", "default", "via", GW_V6, "dev", &api_if])?;
+        api.exec(&[
+            "ip",
+            "neigh",
+            "add",
+            GW_V4,
+            "lladdr",
+            gen_mac,
+            "dev",
+            &api_if,
+            "nud",
+            "permanent",
+        ])?;
+        api.exec(&[
+            "ip",
+            "-6",
+            "neigh",
+            "add",
+            GW_V6,
+            "lladdr",
+            gen_mac,
+            "dev",
+            &api_if,
+            "nud",
+            "permanent",
+        ])?;
+        api.exec(&[
+            "ip", "route", "add", "default", "via", GW_V4, "dev", &api_if,
+        ])?;
+        api.exec(&[
+            "ip", "-6", "route", "add", "default", "via", GW_V6, "dev", &api_if,
+        ])?;
         // veth NAPI (needed to receive XDP-redirected frames) comes with GRO; threaded NAPI lets
         // the receive work be pinned to its own core.
         api.exec(&["ethtool", "-K", &api_if, "gro", "on"])?;
-        api.exec(&["sh", "-c", &format!("echo 1 > /sys/class/net/{api_if}/threaded")])?;
+        api.exec(&[
+            "sh",
+            "-c",
+            &format!("echo 1 > /sys/class/net/{api_if}/threaded"),
+        ])?;
         let gen_ifindex = ifindex(&gen_ns, &gen_if)?;
         let sink = within(&api, || {
-            Ok(std::net::UdpSocket::bind(("::", crate::cost::PORT)).context("binding the UDP sink")?)
+            std::net::UdpSocket::bind(("::", crate::cost::PORT)).context("binding the UDP sink")
         })?;
-        Ok(Self { api, gen_ns, api_if, gen_if, idle_if, gen_ifindex, queues, _udp_sink: sink })
+        Ok(Self {
+            api,
+            gen_ns,
+            api_if,
+            idle_if,
+            gen_ifindex,
+            _udp_sink: sink,
+        })
     }
 
     /// The NAPI kthreads of the API-side veth (one per receive queue), in queue order.
@@ -147,7 +237,9 @@ impl Topology {
         let mut found = Vec::new();
         if let Ok(dir) = std::fs::read_dir("/proc") {
             for e in dir.flatten() {
-                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
                 let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
                 // comm is cut at 15 bytes; interface names are kept short enough that the
                 // `napi/<if>-` prefix survives the cut.
@@ -164,21 +256,35 @@ impl Topology {
     pub fn pin_napi(&self, cpus: &[usize]) -> anyhow::Result<Vec<u32>> {
         let threads = self.napi_threads();
         if threads.is_empty() {
-            bail!("no NAPI thread for {} (threaded NAPI did not start)", self.api_if);
+            bail!(
+                "no NAPI thread for {} (threaded NAPI did not start)",
+                self.api_if
+            );
         }
         for (i, pid) in threads.iter().enumerate() {
-            sh(&["taskset", "-pc", &cpus[i % cpus.len()].to_string(), &pid.to_string()])?;
+            sh(&[
+                "taskset",
+                "-pc",
+                &cpus[i % cpus.len()].to_string(),
+                &pid.to_string(),
+            ])?;
             // Same real-time priority as the generator: background jobs cannot share the core.
-            if std::env::var("BENCH_NO_RT_NAPI").is_err() {
-                sh(&["chrt", "-f", "-p", &crate::sys::RT_PRIORITY.to_string(), &pid.to_string()])?;
-            }
+            sh(&[
+                "chrt",
+                "-f",
+                "-p",
+                &crate::sys::RT_PRIORITY.to_string(),
+                &pid.to_string(),
+            ])?;
         }
         Ok(threads)
     }
 
     /// Receive-side interface statistics from the API namespace (`ip -s -j link`).
     pub fn api_link_stats(&self) -> anyhow::Result<serde_json::Value> {
-        let out = self.api.exec(&["ip", "-s", "-j", "link", "show", &self.api_if])?;
+        let out = self
+            .api
+            .exec(&["ip", "-s", "-j", "link", "show", &self.api_if])?;
         let v: serde_json::Value = serde_json::from_str(&out)?;
         Ok(v[0]["stats64"].clone())
     }
@@ -186,7 +292,9 @@ impl Topology {
     /// Packets that reached the transport layer in the API namespace (UDP delivered + no port
     /// + errors, TCP segments in): "passed to the stack" for every configuration alike.
     pub fn transport_in(&self) -> anyhow::Result<u64> {
-        let snmp = self.api.exec(&["cat", "/proc/net/snmp", "/proc/net/snmp6"])?;
+        let snmp = self
+            .api
+            .exec(&["cat", "/proc/net/snmp", "/proc/net/snmp6"])?;
         Ok(transport_counters(&snmp))
     }
 }

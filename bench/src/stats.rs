@@ -21,7 +21,12 @@ pub fn summarize(v: &[f64]) -> Summary {
     } else {
         (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
     };
-    Summary { median, min: s[0], max: s[s.len() - 1], n: s.len() }
+    Summary {
+        median,
+        min: s[0],
+        max: s[s.len() - 1],
+        n: s.len(),
+    }
 }
 
 impl Summary {

@@ -1,6 +1,6 @@
 //! Small system helpers: commands with errors that name them, CPU pinning, /proc readers.
 
-use std::{process::Command, time::Instant};
+use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
@@ -11,7 +11,10 @@ pub fn sh(args: &[&str]) -> anyhow::Result<String> {
         .output()
         .with_context(|| format!("could not start {args:?}"))?;
     if !out.status.success() {
-        bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -29,7 +32,10 @@ pub fn sh_stdin(args: &[&str], input: &str) -> anyhow::Result<String> {
     child.stdin.take().unwrap().write_all(input.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -40,7 +46,10 @@ pub fn pin_thread(cpu: usize) -> anyhow::Result<()> {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
-            bail!("sched_setaffinity(cpu {cpu}): {}", std::io::Error::last_os_error());
+            bail!(
+                "sched_setaffinity(cpu {cpu}): {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
     Ok(())
@@ -50,9 +59,14 @@ pub fn pin_thread(cpu: usize) -> anyhow::Result<()> {
 /// background work on a shared machine cannot take its core during a measurement. The
 /// kernel's RT throttling still leaves 5% of each core to everyone else.
 pub fn realtime_thread() -> anyhow::Result<()> {
-    let param = libc::sched_param { sched_priority: RT_PRIORITY };
+    let param = libc::sched_param {
+        sched_priority: RT_PRIORITY,
+    };
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
-        bail!("sched_setscheduler(SCHED_FIFO): {}", std::io::Error::last_os_error());
+        bail!(
+            "sched_setscheduler(SCHED_FIFO): {}",
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }
@@ -65,7 +79,10 @@ pub fn cpu_jiffies(cpu: usize) -> (u64, u64) {
     let tag = format!("cpu{cpu} ");
     for line in stat.lines() {
         if let Some(rest) = line.strip_prefix(&tag) {
-            let v: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            let v: Vec<u64> = rest
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
             let total: u64 = v.iter().take(8).sum();
             let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
             return (total - idle, total);
@@ -82,12 +99,19 @@ pub struct CpuWindow {
 
 impl CpuWindow {
     pub fn start(cpu: usize) -> Self {
-        Self { cpu, start: cpu_jiffies(cpu) }
+        Self {
+            cpu,
+            start: cpu_jiffies(cpu),
+        }
     }
     pub fn busy(&self) -> f64 {
         let (b, t) = cpu_jiffies(self.cpu);
         let dt = t.saturating_sub(self.start.1);
-        if dt == 0 { 0.0 } else { (b - self.start.0) as f64 / dt as f64 }
+        if dt == 0 {
+            0.0
+        } else {
+            (b - self.start.0) as f64 / dt as f64
+        }
     }
 }
 
@@ -106,9 +130,4 @@ pub fn meminfo_kb(key: &str) -> u64 {
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
-}
-
-/// Seconds since `t`, as f64.
-pub fn secs(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64()
 }

@@ -20,11 +20,11 @@ use crate::{
     fill::{V4_BASE, V6_BASE, V6_PREFIX},
     filters::{self, Filter, Installed, Rule},
     frames::{self, L4},
-    traffic_gen::{self as tg, Pace},
     net::{self, Topology},
     progs::{Bench, GenCfg},
     stats::{Summary, summarize},
     sys::{self, CpuWindow},
+    traffic_gen::{self as tg, Pace},
 };
 
 pub const GEN_CPU: usize = 0;
@@ -127,13 +127,25 @@ pub fn frame_for(tr: Traffic) -> frames::Built {
         a[15] = 1;
         (IpAddr::from(a), net::API_V6.parse().unwrap())
     } else {
-        (IpAddr::from(V4_BASE.to_be_bytes()), net::API_V4.parse().unwrap())
+        (
+            IpAddr::from(V4_BASE.to_be_bytes()),
+            net::API_V4.parse().unwrap(),
+        )
     };
-    let l4 = if matches!(tr, Traffic::V4Udp | Traffic::V6Udp) { L4::Udp } else { L4::Syn };
+    let l4 = if matches!(tr, Traffic::V4Udp | Traffic::V6Udp) {
+        L4::Udp
+    } else {
+        L4::Syn
+    };
     frames::build(src, dst, None, l4, PORT, &[0u8; 18])
 }
 
-pub fn set_gen(bench: &mut Bench, tr: Traffic, sources: u32, ifindex: u32) -> anyhow::Result<Vec<u8>> {
+pub fn set_gen(
+    bench: &mut Bench,
+    tr: Traffic,
+    sources: u32,
+    ifindex: u32,
+) -> anyhow::Result<Vec<u8>> {
     let b = frame_for(tr);
     bench.set_gen(GenCfg {
         ifindex,
@@ -147,7 +159,10 @@ pub fn set_gen(bench: &mut Bench, tr: Traffic, sources: u32, ifindex: u32) -> an
 }
 
 fn rx_packets(t: &Topology) -> u64 {
-    t.api_link_stats().ok().and_then(|v| v["rx"]["packets"].as_u64()).unwrap_or(0)
+    t.api_link_stats()
+        .ok()
+        .and_then(|v| v["rx"]["packets"].as_u64())
+        .unwrap_or(0)
 }
 
 fn slab_vmalloc_kb() -> u64 {
@@ -166,8 +181,15 @@ pub struct Runner<'a> {
 impl Runner<'_> {
     /// Runs the generator flat out for `count` frames and returns what it sent.
     fn blast(&mut self, frame: &[u8], count: u32) -> anyhow::Result<tg::Sent> {
-        let h = tg::spawn(&self.gen_prog, &self.t.gen_ns, GEN_CPU, frame.to_vec(), Pace::Flat(count))?;
-        h.join().map_err(|_| anyhow::anyhow!("generator thread panicked"))?
+        let h = tg::spawn(
+            &self.gen_prog,
+            &self.t.gen_ns,
+            GEN_CPU,
+            frame.to_vec(),
+            Pace::Flat(count),
+        )?;
+        h.join()
+            .map_err(|_| anyhow::anyhow!("generator thread panicked"))?
     }
 
     /// The generator's own ceiling: frames rewritten and dropped at the generator.
@@ -182,16 +204,30 @@ impl Runner<'_> {
     /// when the receive core stalls) leave sources untracked, so passes repeat, up to
     /// `warm_passes`, until 99% are tracked. Returns the frames that passed: one per source
     /// now tracked, so coverage can be reported.
-    fn warm_up(&mut self, frame: &[u8], sources: u32) -> anyhow::Result<u64> {
+    pub fn warm_up(&mut self, frame: &[u8], sources: u32) -> anyhow::Result<u64> {
         let before = self.t.transport_in()?;
         let mut tracked = 0;
         for pass in 0..self.warm_passes {
-            let pace = Pace::Paced { frames: sources as u64, chunk: WARM_CHUNK, pps: self.warm_pps };
-            let h = tg::spawn(&self.gen_prog, &self.t.gen_ns, GEN_CPU, frame.to_vec(), pace)?;
-            h.join().map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
+            let pace = Pace::Paced {
+                frames: sources as u64,
+                chunk: WARM_CHUNK,
+                pps: self.warm_pps,
+            };
+            let h = tg::spawn(
+                &self.gen_prog,
+                &self.t.gen_ns,
+                GEN_CPU,
+                frame.to_vec(),
+                pace,
+            )?;
+            h.join()
+                .map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
             thread::sleep(Duration::from_millis(100));
             tracked = self.t.transport_in()? - before;
-            eprintln!("bench:   warm-up pass {}: {tracked} of {sources} sources tracked", pass + 1);
+            eprintln!(
+                "bench:   warm-up pass {}: {tracked} of {sources} sources tracked",
+                pass + 1
+            );
             if tracked * 100 >= sources as u64 * 99 {
                 break;
             }
@@ -199,23 +235,13 @@ impl Runner<'_> {
         Ok(tracked)
     }
 
-    /// Debug aid: how much of a paced run reaches the stack with no filter.
-    pub fn pace_probe(&mut self, pps: f64, chunk: u32, frames: u64) -> anyhow::Result<()> {
-        let frame = set_gen(self.bench, Traffic::V4Udp, 1_000_000, self.t.gen_ifindex)?;
-        self.t.pin_napi(&[RX_CPU])?;
-        let before = self.t.transport_in()?;
-        let rx = rx_packets(self.t);
-        let h = tg::spawn(&self.gen_prog, &self.t.gen_ns, GEN_CPU, frame, Pace::Paced { frames, chunk, pps })?;
-        let sent = h.join().map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
-        thread::sleep(Duration::from_millis(100));
-        let passed = self.t.transport_in()? - before;
-        if let Ok(x) = self.t.api.exec(&["ethtool", "-S", &self.t.api_if]) { eprintln!("api: {}", x.split_whitespace().collect::<Vec<_>>().join(" ")); }
-        if let Ok(x) = self.t.gen_ns.exec(&["ethtool", "-S", &self.t.gen_if]) { eprintln!("gen: {}", x.split_whitespace().collect::<Vec<_>>().join(" ")); }
-        eprintln!("probe pps {pps} chunk {chunk}: sent {} in {:.2}s, rx {} passed {}", sent.frames, sent.secs, rx_packets(self.t) - rx, passed);
-        Ok(())
-    }
-
-    pub fn measure(&mut self, f: Filter, tr: Traffic, regime: Regime, memory: Option<&mut Memory>) -> anyhow::Result<Sample> {
+    pub fn measure(
+        &mut self,
+        f: Filter,
+        tr: Traffic,
+        regime: Regime,
+        memory: Option<&mut Memory>,
+    ) -> anyhow::Result<Sample> {
         let frame = set_gen(self.bench, tr, regime.sources, self.t.gen_ifindex)?;
         let mem_before = slab_vmalloc_kb();
         let mut inst: Installed = filters::install(f, self.t, self.bench, &Rule::STRICT)?;
@@ -232,7 +258,11 @@ impl Runner<'_> {
                 if let Some(mem) = memory {
                     if f.is_peer() {
                         let grown = slab_vmalloc_kb().saturating_sub(mem_before) * 1024;
-                        eprintln!("bench:   kernel memory grew {:.1} MiB while {} held {entries} sources", grown as f64 / 1048576.0, f.label());
+                        eprintln!(
+                            "bench:   kernel memory grew {:.1} MiB while {} held {entries} sources",
+                            grown as f64 / 1048576.0,
+                            f.label()
+                        );
                         mem.peers.insert(f.label().to_string(), (grown, entries));
                     } else if f == Filter::XdpNative
                         && let Some((n, memlock)) = inst.our_table()?
@@ -263,30 +293,50 @@ impl Runner<'_> {
                 cpu: busy,
             })
         })();
-        inst.remove(self.t, self.bench).context("removing the filter")?;
+        inst.remove(self.t, self.bench)
+            .context("removing the filter")?;
         result
     }
 }
 
-pub fn run(t: &Topology, bench: &mut Bench, plans: &[Plan], frames: u32, warm_pps: f64, warm_passes: usize, gen_reps: usize) -> anyhow::Result<ThroughputResult> {
+pub fn run(
+    t: &Topology,
+    bench: &mut Bench,
+    plans: &[Plan],
+    frames: u32,
+    warm_pps: f64,
+    warm_passes: usize,
+    gen_reps: usize,
+) -> anyhow::Result<ThroughputResult> {
     let gen_prog: std::os::fd::OwnedFd = {
         use std::os::fd::AsFd as _;
-        bench.prog("bench_gen")?.fd()?.as_fd().try_clone_to_owned()?
+        bench
+            .prog("bench_gen")?
+            .fd()?
+            .as_fd()
+            .try_clone_to_owned()?
     };
-    let mut r = Runner { t, bench, gen_prog, frames, warm_pps, warm_passes };
-    let mut out = ThroughputResult { frames_per_run: frames, ..Default::default() };
-    if std::env::var("BENCH_PROBE").is_ok() {
-        for (pps, chunk) in [(50_000.0, 32), (100_000.0, 32), (200_000.0, 128), (200_000.0, 32), (1e9, 200_000)] {
-            r.pace_probe(pps, chunk, 200_000)?;
-        }
-        return Ok(out);
-    }
+    let mut r = Runner {
+        t,
+        bench,
+        gen_prog,
+        frames,
+        warm_pps,
+        warm_passes,
+    };
+    let mut out = ThroughputResult {
+        frames_per_run: frames,
+        ..Default::default()
+    };
     let mut alone = Vec::new();
     for _ in 0..gen_reps {
         alone.push(r.generator_alone(Traffic::V4Udp)?);
     }
     out.generator_alone_pps = summarize(&alone);
-    eprintln!("bench: generator alone (rewrite + drop at the generator): {:.2} Mpps", out.generator_alone_pps.median / 1e6);
+    eprintln!(
+        "bench: generator alone (rewrite + drop at the generator): {:.2} Mpps",
+        out.generator_alone_pps.median / 1e6
+    );
 
     let mut samples: BTreeMap<(Traffic, Regime, Filter), Vec<Sample>> = BTreeMap::new();
     let reps = plans.iter().map(|p| p.reps).max().unwrap_or(1);
@@ -294,10 +344,29 @@ pub fn run(t: &Topology, bench: &mut Bench, plans: &[Plan], frames: u32, warm_pp
         for plan in plans.iter().filter(|p| rep < p.reps) {
             for &regime in &plan.regimes {
                 for &f in &plan.filters {
-                    let want_mem = rep == 0 && regime.sources == 1_000_000 && regime.warm && plan.traffic == Traffic::V4Udp;
+                    let want_mem = rep == 0
+                        && regime.sources == 1_000_000
+                        && regime.warm
+                        && plan.traffic == Traffic::V4Udp;
                     let s = r
-                        .measure(f, plan.traffic, regime, if want_mem { Some(&mut out.memory) } else { None })
-                        .with_context(|| format!("{} / {} / {}", plan.traffic.label(), regime.label(), f.label()))?;
+                        .measure(
+                            f,
+                            plan.traffic,
+                            regime,
+                            if want_mem {
+                                Some(&mut out.memory)
+                            } else {
+                                None
+                            },
+                        )
+                        .with_context(|| {
+                            format!(
+                                "{} / {} / {}",
+                                plan.traffic.label(),
+                                regime.label(),
+                                f.label()
+                            )
+                        })?;
                     eprintln!(
                         "bench: rep {} {:13} {:8} {:34} offered {:6.2} passed {:6.3} dropped {:6.3} Mpps  rx cpu {:3.0}%",
                         rep + 1,
@@ -309,7 +378,10 @@ pub fn run(t: &Topology, bench: &mut Bench, plans: &[Plan], frames: u32, warm_pp
                         s.dropped / 1e6,
                         s.cpu * 100.0
                     );
-                    samples.entry((plan.traffic, regime, f)).or_default().push(s);
+                    samples
+                        .entry((plan.traffic, regime, f))
+                        .or_default()
+                        .push(s);
                 }
             }
         }
@@ -324,7 +396,12 @@ pub fn run(t: &Topology, bench: &mut Bench, plans: &[Plan], frames: u32, warm_pp
             .or_default()
             .insert(
                 f.label().to_string(),
-                Cell { offered: pick(|s| s.offered), passed: pick(|s| s.passed), dropped: pick(|s| s.dropped), cpu: pick(|s| s.cpu) },
+                Cell {
+                    offered: pick(|s| s.offered),
+                    passed: pick(|s| s.passed),
+                    dropped: pick(|s| s.dropped),
+                    cpu: pick(|s| s.cpu),
+                },
             );
     }
     Ok(out)

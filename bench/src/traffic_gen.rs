@@ -50,10 +50,18 @@ pub fn live_run(prog: i32, frame: &[u8], count: u32) -> anyhow::Result<()> {
         ..Default::default()
     };
     let ret = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestAttr, size_of::<TestAttr>() as u32)
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestAttr,
+            size_of::<TestAttr>() as u32,
+        )
     };
     if ret < 0 {
-        bail!("live-frames BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
+        bail!(
+            "live-frames BPF_PROG_TEST_RUN: {}",
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }
@@ -67,7 +75,11 @@ pub struct Sent {
 
 impl Sent {
     pub fn pps(&self) -> f64 {
-        if self.secs > 0.0 { self.frames as f64 / self.secs } else { 0.0 }
+        if self.secs > 0.0 {
+            self.frames as f64 / self.secs
+        } else {
+            0.0
+        }
     }
 }
 
@@ -81,7 +93,13 @@ pub enum Pace {
 }
 
 /// Starts a generator thread on `cpu` inside `netns`.
-pub fn spawn(prog: &OwnedFd, netns: &net::Netns, cpu: usize, frame: Vec<u8>, pace: Pace) -> anyhow::Result<thread::JoinHandle<anyhow::Result<Sent>>> {
+pub fn spawn(
+    prog: &OwnedFd,
+    netns: &net::Netns,
+    cpu: usize,
+    frame: Vec<u8>,
+    pace: Pace,
+) -> anyhow::Result<thread::JoinHandle<anyhow::Result<Sent>>> {
     let prog = prog.try_clone().context("dup program fd")?;
     let ns = netns.file()?;
     Ok(thread::spawn(move || {
@@ -96,7 +114,11 @@ pub fn spawn(prog: &OwnedFd, netns: &net::Netns, cpu: usize, frame: Vec<u8>, pac
                 live_run(fd, &frame, n)?;
                 frames = n as u64;
             }
-            Pace::Paced { frames: total, chunk, pps } => {
+            Pace::Paced {
+                frames: total,
+                chunk,
+                pps,
+            } => {
                 while frames < total {
                     let n = chunk.min((total - frames) as u32);
                     live_run(fd, &frame, n)?;
@@ -108,6 +130,9 @@ pub fn spawn(prog: &OwnedFd, netns: &net::Netns, cpu: usize, frame: Vec<u8>, pac
                 }
             }
         }
-        Ok(Sent { frames, secs: start.elapsed().as_secs_f64() })
+        Ok(Sent {
+            frames,
+            secs: start.elapsed().as_secs_f64(),
+        })
     }))
 }
