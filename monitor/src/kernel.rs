@@ -3,7 +3,7 @@
 //! This is the only place in user space that writes to the kernel's maps.
 
 use std::{
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -94,6 +94,27 @@ impl Default for LoadOptions {
             max_sources: 4096,
             pin_dir: None,
         }
+    }
+}
+
+/// See [`Kernel::table_reader`].
+pub struct TableReader {
+    sources: OwnedFd,
+    aggregates: OwnedFd,
+    bans: OwnedFd,
+}
+
+impl TableReader {
+    pub fn sources(&self) -> Result<Vec<(AddrKey, Bucket)>> {
+        crate::batch::read_all(self.sources.as_raw_fd()).map_err(KernelError::Batch)
+    }
+
+    pub fn aggregates(&self) -> Result<Vec<(AddrKey, Bucket)>> {
+        crate::batch::read_all(self.aggregates.as_raw_fd()).map_err(KernelError::Batch)
+    }
+
+    pub fn bans(&self) -> Result<Vec<(AddrKey, Ban)>> {
+        crate::batch::read_all(self.bans.as_raw_fd()).map_err(KernelError::Batch)
     }
 }
 
@@ -269,6 +290,23 @@ impl Kernel {
 
     pub fn bans(&self) -> Result<Vec<(AddrKey, Ban)>> {
         crate::batch::read_all(self.map_fd(MAP_BANS)?).map_err(KernelError::Batch)
+    }
+
+    /// Read-only handles on the tracked-source, aggregate and ban tables that work without
+    /// borrowing the `Kernel`, so a sampler can walk a million entries while map writes go on.
+    pub fn table_reader(&self) -> Result<TableReader> {
+        let dup = |name: &'static str| -> Result<OwnedFd> {
+            let fd = self.map_fd(name)?;
+            // SAFETY: `fd` belongs to a map this `Kernel` owns and is open for this call.
+            unsafe { BorrowedFd::borrow_raw(fd) }
+                .try_clone_to_owned()
+                .map_err(KernelError::Batch)
+        };
+        Ok(TableReader {
+            sources: dup(MAP_SOURCES)?,
+            aggregates: dup(MAP_AGGREGATES)?,
+            bans: dup(MAP_BANS)?,
+        })
     }
 
     fn map_fd(&self, name: &'static str) -> Result<i32> {
