@@ -261,11 +261,53 @@ fn a_spoofed_flood_of_a_million_sources_does_not_evict_a_ban() {
                 assert_eq!(delta(&before, &k.stats(), Stat::DroppedBan), 1);
             }
         }
-        // The first packet after the flood restored the bucket's copy of the ban.
-        assert_eq!(
-            k.kernel.source(key).unwrap().map(|b| b.ban_until_ns),
-            Some(*until)
-        );
+        // The first packets after the flood restored the bucket with its copy of the ban, and
+        // counted what was refused: requests only (once per hook: two of the six kinds,
+        // the request and the UDP datagram, are requests in payload mode).
+        let bucket = k.kernel.source(key).unwrap().expect("bucket restored");
+        assert_eq!(bucket.ban_until_ns, *until, "{src}");
+        assert_eq!((bucket.requests, bucket.refused), (4, 4), "{src}");
+    }
+}
+
+/// Regression: a banned source whose bucket had been evicted got it back charged as if its
+/// first packet were an admitted request, whatever that packet was (a pure ACK included):
+/// `requests` went to 1 with nothing refused, and a token was spent.
+#[test]
+fn a_restored_banned_bucket_counts_only_refused_requests() {
+    let mut k = Loaded::new(Config {
+        source: Limit::new(1, 60 * NANOS_PER_SEC, 2).unwrap(),
+        ..Config::default()
+    });
+    let until = kernel_now_ns() + 3600 * NANOS_PER_SEC;
+    for (h, hook) in HOOKS.into_iter().enumerate() {
+        for src in [v4_source(h as u8, 1), v6_source(h as u8, 1)] {
+            // Banned from user space with no bucket: the same state a flood leaves behind.
+            let key = source_key(&src, &k.config());
+            k.kernel.set_ban(&key, until).unwrap();
+            assert!(k.source_bucket(&src).is_none());
+            let ack = Frame::tcp(&src, LOOKUP_PORT, TCP_ACK, b"").build();
+            assert_eq!(k.run(hook, &ack), Verdict::Drop, "{hook:?} {src}");
+            let bucket = k.source_bucket(&src).expect("bucket restored");
+            assert_eq!(bucket.ban_until_ns, until);
+            assert_eq!(
+                (bucket.requests, bucket.refused),
+                (0, 0),
+                "{hook:?} {src}: an ACK"
+            );
+            let request = Frame::request(&src, LOOKUP_PORT).build();
+            assert_eq!(k.run(hook, &request), Verdict::Drop);
+            let bucket = k.source_bucket(&src).unwrap();
+            assert_eq!((bucket.requests, bucket.refused), (1, 1), "{hook:?} {src}");
+            // Once the ban is lifted the source has its whole budget: the banned traffic
+            // spent none of it.
+            k.kernel.clear_ban(&key).unwrap();
+            assert_eq!(
+                k.passes(hook, &request, 3),
+                2,
+                "{hook:?} {src}: burst of 2 intact"
+            );
+        }
     }
 }
 
