@@ -457,10 +457,12 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
         }
         let _ = writeln!(
             o,
-            "\nThe trivial XDP_DROP never reads the frame; the generator wrote each frame on the other \
-             core, so any program that reads a header first pays that cache-line transfer. At a million \
-             sources the table lookup misses cache; one lookup in a table of this shape is the floor for \
-             any design that keeps per-source state in a BPF hash map here.\n"
+            "\nThe trivial XDP_DROP never reads the frame. Each frame was written by the generator on \
+             the other core, so a program that reads a header first may pay a cross-core cache transfer \
+             per frame; compare the first two figures per row (an artefact of generating traffic on the \
+             same machine, which a NIC's DMA would replace with its own miss). At a million sources the \
+             table lookup misses cache: one lookup in an LRU hash of this shape is the floor for any \
+             design that keeps per-source state in such a map; compare it with the monitor's figure.\n"
         );
         let mem = &tp.memory;
         let _ = writeln!(o, "## 4. Memory at 1,000,000 sources\n");
