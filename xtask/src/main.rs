@@ -1,5 +1,6 @@
 //! `cargo xtask <command>`: everything a newcomer or CI runs, each preparing the machine first.
 
+mod demo;
 mod setup;
 mod util;
 
@@ -30,6 +31,8 @@ enum Command {
     },
     /// Formatting and clippy (-D warnings) for user space and for the eBPF crate.
     Lint,
+    /// Replay a contact-lookup enumeration attack without and with the monitor, and report.
+    Demo(demo::DemoArgs),
 }
 
 fn main() {
@@ -39,6 +42,7 @@ fn main() {
         Command::Build { release } => setup::run().and_then(|()| build(release)),
         Command::Test { args } => setup::run().and_then(|()| test(&args)),
         Command::Lint => setup::run().and_then(|()| lint()),
+        Command::Demo(args) => demo::run(args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
