@@ -55,23 +55,34 @@ fn build(release: bool) -> anyhow::Result<()> {
     if release {
         args.push("--release");
     }
-    util::step("building the workspace (the eBPF object is built by monitor/build.rs)", || {
-        util::cargo(&args)
-    })
+    util::step(
+        "building the workspace (the eBPF object is built by monitor/build.rs)",
+        || util::cargo(&args),
+    )
 }
 
 fn test(extra: &[String]) -> anyhow::Result<()> {
     let mut args: Vec<&str> = vec!["test", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
-    util::step("running every test (unit, BPF_PROG_TEST_RUN, namespaces)", || {
-        util::cargo(&args)
-    })
+    util::step(
+        "running every test (unit, BPF_PROG_TEST_RUN, namespaces)",
+        || util::cargo(&args),
+    )
 }
 
 fn lint() -> anyhow::Result<()> {
-    util::step("cargo fmt --check", || util::cargo(&["fmt", "--all", "--", "--check"]))?;
+    util::step("cargo fmt --check", || {
+        util::cargo(&["fmt", "--all", "--", "--check"])
+    })?;
     util::step("clippy on user space", || {
-        util::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+        util::cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
     })?;
     util::step("clippy on the eBPF crate (bpfel-unknown-none)", || {
         util::run(
@@ -92,7 +103,10 @@ fn lint() -> anyhow::Result<()> {
                     "-D",
                     "warnings",
                 ])
-                .env("CARGO_ENCODED_RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\""),
+                .env(
+                    "CARGO_ENCODED_RUSTFLAGS",
+                    "--cfg=bpf_target_arch=\"x86_64\"",
+                ),
         )
     })
 }

@@ -46,9 +46,7 @@ pub fn ensure_packages(needed: &[(&str, &str)]) -> anyhow::Result<()> {
         return Ok(());
     }
     if !command_exists("apt-get") {
-        bail!(
-            "missing packages {missing:?} and no apt-get to install them: install them by hand"
-        );
+        bail!("missing packages {missing:?} and no apt-get to install them: install them by hand");
     }
     step(&format!("installing Debian packages {missing:?}"), || {
         util::run(
@@ -79,7 +77,13 @@ fn ensure_rust_src() -> anyhow::Result<()> {
     }
     if output("rustc", &["+nightly", "-V"]).is_none() {
         step("installing the nightly toolchain", || {
-            util::run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
+            util::run(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+            ]))
         })?;
     }
     let installed = output(
@@ -90,9 +94,18 @@ fn ensure_rust_src() -> anyhow::Result<()> {
     if installed.lines().any(|l| l.trim().starts_with("rust-src")) {
         return Ok(());
     }
-    step("adding rust-src to the nightly toolchain (about 80 MB)", || {
-        util::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-    })
+    step(
+        "adding rust-src to the nightly toolchain (about 80 MB)",
+        || {
+            util::run(Command::new("rustup").args([
+                "component",
+                "add",
+                "rust-src",
+                "--toolchain",
+                "nightly",
+            ]))
+        },
+    )
 }
 
 /// The nightly's LLVM major version and the name of its shared libLLVM, read at run time.

@@ -20,15 +20,24 @@ pub fn step<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Res
         while let Err(mpsc::RecvTimeoutError::Timeout) =
             done_rx.recv_timeout(Duration::from_secs(20))
         {
-            eprintln!("xtask: still {label} ({}s so far)", start.elapsed().as_secs());
+            eprintln!(
+                "xtask: still {label} ({}s so far)",
+                start.elapsed().as_secs()
+            );
         }
     });
     let result = f();
     drop(done_tx);
     let _ = beat.join();
     match &result {
-        Ok(_) => eprintln!("xtask: {what}: done in {:.1}s", start.elapsed().as_secs_f64()),
-        Err(_) => eprintln!("xtask: {what}: FAILED after {:.1}s", start.elapsed().as_secs_f64()),
+        Ok(_) => eprintln!(
+            "xtask: {what}: done in {:.1}s",
+            start.elapsed().as_secs_f64()
+        ),
+        Err(_) => eprintln!(
+            "xtask: {what}: FAILED after {:.1}s",
+            start.elapsed().as_secs_f64()
+        ),
     }
     result.with_context(|| what.to_string())
 }

@@ -51,9 +51,12 @@ pub fn draw(path: &Path, runs: &[RunSeries]) -> anyhow::Result<()> {
             let xmax = series.len().max(2) as u64 - 1;
             let cell = &cells[row * runs.len() + col];
             let mut chart = ChartBuilder::on(cell)
-                .caption(format!("{} - {}", class.label(), run.title), ("sans-serif", 13))
+                .caption(
+                    format!("{} - {}", class.label(), run.title),
+                    ("sans-serif", 13),
+                )
                 .margin(6)
-                .x_label_area_size(22)
+                .x_label_area_size(30)
                 .y_label_area_size(44)
                 .build_cartesian_2d(0..xmax, 0..ymax)
                 .map_err(err)?;
@@ -67,9 +70,10 @@ pub fn draw(path: &Path, runs: &[RunSeries]) -> anyhow::Result<()> {
                 .draw()
                 .map_err(err)?;
             for (color, pick) in [(SERVED, 0usize), (DROPPED, 1usize)] {
-                let points = series.iter().enumerate().map(|(i, &(s, d))| {
-                    (i as u64, if pick == 0 { s } else { d })
-                });
+                let points = series
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(s, d))| (i as u64, if pick == 0 { s } else { d }));
                 chart
                     .draw_series(LineSeries::new(points, color.stroke_width(2)))
                     .map_err(err)?;

@@ -59,7 +59,8 @@ impl Daemon {
         .map(|s| s.to_string())
         .collect();
         let log = dir.join("daemon.log");
-        let log_file = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let log_file =
+            fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let ns = world::ns_file(&names.ns(Role::Api))?;
         let ns_fd = ns.as_raw_fd();
         let mut cmd = Command::new(bin);
@@ -206,7 +207,11 @@ pub fn stop_pid(pid: i32) {
 
 fn is_zombie(pid: i32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true)
 }
 

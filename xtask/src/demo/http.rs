@@ -54,7 +54,10 @@ pub struct Request {
 
 /// Reads the next request on a server connection (None when the client closed cleanly).
 /// Request bodies are not supported: the lookup is a GET.
-pub async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<Request>> {
+pub async fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> io::Result<Option<Request>> {
     let Some(len) = read_head(stream, buf).await? else {
         return Ok(None);
     };
@@ -143,7 +146,8 @@ pub async fn get(
     if body_len > MAX_BODY {
         return Err(invalid("body too large"));
     }
-    let closes = header(resp.headers, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    let closes =
+        header(resp.headers, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
     let mut body = buf[len..].to_vec();
     while body.len() < body_len {
         let mut chunk = [0u8; 2048];

@@ -120,7 +120,10 @@ fn watch_signals() -> anyhow::Result<watch::Receiver<bool>> {
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     let _ = ready_tx.send(Err(anyhow::Error::from(e)));
@@ -129,9 +132,10 @@ fn watch_signals() -> anyhow::Result<watch::Receiver<bool>> {
             };
             rt.block_on(async move {
                 use tokio::signal::unix::{SignalKind, signal};
-                let (Ok(mut int), Ok(mut term)) =
-                    (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-                else {
+                let (Ok(mut int), Ok(mut term)) = (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                ) else {
                     let _ = ready_tx.send(Err(anyhow::anyhow!("cannot catch SIGINT/SIGTERM")));
                     return;
                 };
@@ -201,7 +205,8 @@ fn teardown_all() -> anyhow::Result<()> {
     let mut n = 0;
     for id in world::known_runs() {
         let names = Names::new(&id);
-        let live_xtask = id.parse().is_ok_and(world::pid_alive) && id != std::process::id().to_string();
+        let live_xtask =
+            id.parse().is_ok_and(world::pid_alive) && id != std::process::id().to_string();
         if live_xtask && !names.run_dir().join("kept").exists() {
             eprintln!("demo: run {id} is still running; leaving it alone");
             continue;
@@ -221,12 +226,18 @@ struct Ctx<'a> {
     stop: watch::Receiver<bool>,
 }
 
-fn run_world(args: &DemoArgs, names: &Names, bin: &Path, stop: watch::Receiver<bool>) -> anyhow::Result<Report> {
+fn run_world(
+    args: &DemoArgs,
+    names: &Names,
+    bin: &Path,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Report> {
     fs::create_dir_all(names.run_dir())
         .with_context(|| format!("creating {}", names.run_dir().display()))?;
-    let mut world = util::step("building the world (namespaces, veth pairs, routes)", || {
-        World::create(names.clone())
-    })?;
+    let mut world = util::step(
+        "building the world (namespaces, veth pairs, routes)",
+        || World::create(names.clone()),
+    )?;
     check_interrupted()?;
     let book = Arc::new(PhoneBook::generate(args.seed));
 
@@ -340,9 +351,10 @@ fn run_both(ctx: &Ctx) -> anyhow::Result<(Report, Option<Daemon>)> {
     }
     if args.only != Some(Only::Without) {
         let attach = format!("{:?}", args.attach).to_lowercase();
-        let d = util::step("starting the monitor daemon in front of the service", || {
-            Daemon::start(ctx.bin, ctx.names, &attach)
-        })?;
+        let d = util::step(
+            "starting the monitor daemon in front of the service",
+            || Daemon::start(ctx.bin, ctx.names, &attach),
+        )?;
         report.daemon_command = Some(d.command_line());
         let (run, tally) = run_once(ctx, "with", Some((&d, &mut report)))?;
         report.legit_lost = Some(run.legit.dropped);
@@ -432,7 +444,9 @@ fn run_once(
     for sec in 1..=args.duration {
         let due = start + Duration::from_secs(sec);
         while Instant::now() < due && !INTERRUPTED.load(Ordering::Relaxed) {
-            thread::sleep(Duration::from_millis(50).min(due.saturating_duration_since(Instant::now())));
+            thread::sleep(
+                Duration::from_millis(50).min(due.saturating_duration_since(Instant::now())),
+            );
         }
         if INTERRUPTED.load(Ordering::Relaxed) {
             break;

@@ -137,7 +137,13 @@ impl Report {
                 }
                 None => format!("{:>8} {:>8} {:>8}", "-", "-", "-"),
             };
-            let _ = writeln!(o, "{:<14} {} {}", class.label(), cell(&self.without), cell(&self.with));
+            let _ = writeln!(
+                o,
+                "{:<14} {} {}",
+                class.label(),
+                cell(&self.without),
+                cell(&self.with)
+            );
         }
         if let (Some(wo), Some(w)) = (&self.without, &self.with) {
             let (r0, r1) = (wo.attackers().0, w.attackers().0);
@@ -149,8 +155,14 @@ impl Report {
             );
         }
         if let Some(lost) = self.legit_lost {
-            let total = self.with.as_ref().map_or(0, |w| w.legit.served + w.legit.dropped);
-            let _ = writeln!(o, "Legitimate requests lost with the monitor: {lost} of {total}.");
+            let total = self
+                .with
+                .as_ref()
+                .map_or(0, |w| w.legit.served + w.legit.dropped);
+            let _ = writeln!(
+                o,
+                "Legitimate requests lost with the monitor: {lost} of {total}."
+            );
         }
         if let Some(lost) = self.legit_lost_without
             && lost > 0
@@ -165,7 +177,14 @@ impl Report {
             table(
                 &mut o,
                 top,
-                &["source", "level", "rate", "total", "dropped", "banned_until"],
+                &[
+                    "source",
+                    "level",
+                    "rate",
+                    "total",
+                    "dropped",
+                    "banned_until",
+                ],
                 10,
             );
         }
@@ -290,7 +309,11 @@ fn table(o: &mut String, value: &Value, columns: &[&str], limit: usize) {
             .collect();
         format!("  {}", parts.join("  ").trim_end())
     };
-    let _ = writeln!(o, "{}", line(columns.iter().map(|c| c.to_string()).collect()));
+    let _ = writeln!(
+        o,
+        "{}",
+        line(columns.iter().map(|c| c.to_string()).collect())
+    );
     for r in shown {
         let _ = writeln!(o, "{}", line(columns.iter().map(|c| cell(r, c)).collect()));
     }
@@ -370,7 +393,10 @@ mod tests {
             "198.18.96.10/32".to_string(),
             "fd00:77:0:7::/64".to_string(),
         ];
-        assert_eq!(uncovered(&attackers, &offenders), vec!["fd00:77:0:7::/64".to_string()]);
+        assert_eq!(
+            uncovered(&attackers, &offenders),
+            vec!["fd00:77:0:7::/64".to_string()]
+        );
     }
 
     #[test]

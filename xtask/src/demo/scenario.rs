@@ -70,7 +70,12 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: [Class; 4] = [Class::Legit, Class::Loud, Class::Distributed, Class::LowAndSlow];
+    pub const ALL: [Class; 4] = [
+        Class::Legit,
+        Class::Loud,
+        Class::Distributed,
+        Class::LowAndSlow,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -232,8 +237,9 @@ impl Tally {
         }
     }
 
+    /// Per second of the run (the spare last slot only ever holds stragglers).
     pub fn series(&self, class: Class) -> Vec<(u64, u64)> {
-        (0..self.secs).map(|s| self.second(class, s)).collect()
+        (0..self.secs - 1).map(|s| self.second(class, s)).collect()
     }
 }
 
@@ -304,7 +310,10 @@ impl Scenario {
         };
 
         let legit_v6 = LEGIT_V6.map(|n| IpAddr::V6(Ipv6Addr::new(0xfd00, 1, n, 0, 0, 0, 0, 0x10)));
-        let legit = LEGIT_V4.map(|[a, b, c, d]| v4(a, b, c, d)).into_iter().chain(legit_v6);
+        let legit = LEGIT_V4
+            .map(|[a, b, c, d]| v4(a, b, c, d))
+            .into_iter()
+            .chain(legit_v6);
         for (i, addr) in legit.enumerate() {
             let from = rng.random_range(0..service::BOOK_SPAN - 10_000);
             let known = Arc::new(book.registered(from, 5));
@@ -338,7 +347,12 @@ impl Scenario {
         }
 
         let [a, b, c] = DIST_V4_NET;
-        let group = unit(&mut units, Class::Distributed, format!("{a}.{b}.{c}.0/24"), None);
+        let group = unit(
+            &mut units,
+            Class::Distributed,
+            format!("{a}.{b}.{c}.0/24"),
+            None,
+        );
         let seq = Arc::new(AtomicU32::new(DIST_START));
         for i in 0..DIST_V4_ADDRS {
             let addr = v4(a, b, c, 10 + i);
@@ -381,7 +395,16 @@ impl Scenario {
             .map(|i| {
                 // Distinct /48s: the third group differs for every address.
                 let third = (i as u16) * 0x0f1d + rng.random_range(0..0x0f00);
-                IpAddr::V6(Ipv6Addr::new(0xfd00, 5, third, rng.random(), 0, 0, 0, rng.random_range(1..0xffff)))
+                IpAddr::V6(Ipv6Addr::new(
+                    0xfd00,
+                    5,
+                    third,
+                    rng.random(),
+                    0,
+                    0,
+                    0,
+                    rng.random_range(1..0xffff),
+                ))
             })
             .collect();
         for (i, addr) in slow_v4.into_iter().chain(slow_v6).enumerate() {
@@ -435,7 +458,12 @@ pub struct ClassRun {
 
 impl ClassRun {
     /// Runs every worker from `start` until `start + duration`, or until `stop` turns true.
-    pub async fn run(self, start: Instant, duration: Duration, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        start: Instant,
+        duration: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::from_std(start + duration);
         let mut set = JoinSet::new();
         for w in self.workers {
@@ -465,12 +493,20 @@ async fn worker(w: Worker, tally: Arc<Tally>, deadline: tokio::time::Instant) {
         }
         Pace::Gap(..) => None,
     };
+    let mut gap_first = true;
     loop {
         match (&mut interval, w.pace) {
             (Some(i), _) => {
                 i.tick().await;
             }
             (None, Pace::Gap(lo, hi)) => {
+                // The first gap is drawn from zero, so that slow clients do not all start at
+                // once a few seconds into the run.
+                let lo = if std::mem::take(&mut gap_first) {
+                    0
+                } else {
+                    lo
+                };
                 let gap = Duration::from_millis(rng.random_range(lo..=hi));
                 if tokio::time::Instant::now() + gap >= deadline {
                     return;
@@ -492,16 +528,32 @@ async fn worker(w: Worker, tally: Arc<Tally>, deadline: tokio::time::Instant) {
             Source::Rotating([a, b, c, d]) => {
                 let r: u64 = rng.random();
                 let g = |s: u32| (r >> s) as u16;
-                IpAddr::V6(Ipv6Addr::new(*a, *b, *c, *d, g(48), g(32), g(16), g(0).max(1)))
+                IpAddr::V6(Ipv6Addr::new(
+                    *a,
+                    *b,
+                    *c,
+                    *d,
+                    g(48),
+                    g(32),
+                    g(16),
+                    g(0).max(1),
+                ))
             }
         };
         let target = format!("{LOOKUP_PATH}?phone={}", service::phone(number));
         let started = now.into_std();
         // No request outlives the run: the last ones are cut at the deadline.
         let limit = w.timeout.min(deadline.saturating_duration_since(now));
-        let result = tokio::time::timeout(limit, request(&mut conn, source, &target, w.keep_alive, &mut buf)).await;
+        let result = tokio::time::timeout(
+            limit,
+            request(&mut conn, source, &target, w.keep_alive, &mut buf),
+        )
+        .await;
+        let cut_by_deadline = result.is_err() && limit < w.timeout;
         let outcome = match result {
-            Ok(Ok(resp)) if resp.status == 200 && resp.body.contains("\"account\"") => Outcome::Found,
+            Ok(Ok(resp)) if resp.status == 200 && resp.body.contains("\"account\"") => {
+                Outcome::Found
+            }
             Ok(Ok(_)) => Outcome::Answered,
             _ => {
                 // The connection is stuck (its request was dropped) or broken: abandon it with
@@ -512,7 +564,10 @@ async fn worker(w: Worker, tally: Arc<Tally>, deadline: tokio::time::Instant) {
                 Outcome::Dropped
             }
         };
-        tally.record(w.class, w.unit, started, outcome);
+        // A request still waiting when the run ends was neither served nor dropped.
+        if !cut_by_deadline {
+            tally.record(w.class, w.unit, started, outcome);
+        }
     }
 }
 
@@ -536,8 +591,14 @@ async fn request(
 
 async fn connect(source: IpAddr) -> std::io::Result<TcpStream> {
     let (socket, dst) = match source {
-        IpAddr::V4(_) => (TcpSocket::new_v4()?, SocketAddr::from((API_V4, LOOKUP_PORT))),
-        IpAddr::V6(_) => (TcpSocket::new_v6()?, SocketAddr::from((API_V6, LOOKUP_PORT))),
+        IpAddr::V4(_) => (
+            TcpSocket::new_v4()?,
+            SocketAddr::from((API_V4, LOOKUP_PORT)),
+        ),
+        IpAddr::V6(_) => (
+            TcpSocket::new_v6()?,
+            SocketAddr::from((API_V6, LOOKUP_PORT)),
+        ),
     };
     socket.bind(SocketAddr::new(source, 0))?;
     let stream = socket.connect(dst).await?;
@@ -554,7 +615,10 @@ fn abandon(stream: TcpStream) {
 /// SO_LINGER with a zero timeout: close() sends a reset and discards unsent data.
 fn socket_linger_zero(stream: &std::net::TcpStream) -> std::io::Result<()> {
     use std::os::fd::AsRawFd as _;
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: a valid socket fd and a correctly sized linger struct.
     let rc = unsafe {
         libc::setsockopt(

@@ -61,9 +61,7 @@ pub fn phone(number: u32) -> String {
 
 fn parse_phone(target: &str) -> Option<u32> {
     let query = target.strip_prefix(LOOKUP_PATH)?.strip_prefix('?')?;
-    let value = query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("phone="))?;
+    let value = query.split('&').find_map(|kv| kv.strip_prefix("phone="))?;
     // `+` may arrive percent-encoded.
     let value = value
         .strip_prefix("%2B")
@@ -78,7 +76,11 @@ fn parse_phone(target: &str) -> Option<u32> {
 
 /// Serves until `stop` turns true. Binds `[::]:port`, which also accepts IPv4 (the namespace's
 /// `bindv6only` is 0).
-pub async fn serve(port: u16, book: Arc<PhoneBook>, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn serve(
+    port: u16,
+    book: Arc<PhoneBook>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let addr = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
     let listener = TcpListener::bind(addr)
         .await
@@ -98,11 +100,15 @@ pub async fn serve(port: u16, book: Arc<PhoneBook>, mut stop: watch::Receiver<bo
     }
 }
 
-async fn connection(mut stream: tokio::net::TcpStream, book: Arc<PhoneBook>) -> std::io::Result<()> {
+async fn connection(
+    mut stream: tokio::net::TcpStream,
+    book: Arc<PhoneBook>,
+) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::with_capacity(1024);
     loop {
-        let req = match tokio::time::timeout(IDLE, http::read_request(&mut stream, &mut buf)).await {
+        let req = match tokio::time::timeout(IDLE, http::read_request(&mut stream, &mut buf)).await
+        {
             Ok(Ok(Some(req))) => req,
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
                 let body = r#"{"error":"bad request"}"#;
@@ -111,14 +117,30 @@ async fn connection(mut stream: tokio::net::TcpStream, book: Arc<PhoneBook>) -> 
             _ => return Ok(()),
         };
         let (status, reason, body) = if req.method != "GET" {
-            (405, "Method Not Allowed", r#"{"error":"method not allowed"}"#.to_string())
+            (
+                405,
+                "Method Not Allowed",
+                r#"{"error":"method not allowed"}"#.to_string(),
+            )
         } else if !req.target.starts_with(LOOKUP_PATH) {
-            (404, "Not Found", r#"{"error":"no such endpoint"}"#.to_string())
+            (
+                404,
+                "Not Found",
+                r#"{"error":"no such endpoint"}"#.to_string(),
+            )
         } else {
             match parse_phone(&req.target) {
-                None => (400, "Bad Request", r#"{"error":"phone must be +1555NNNNNNN"}"#.to_string()),
+                None => (
+                    400,
+                    "Bad Request",
+                    r#"{"error":"phone must be +1555NNNNNNN"}"#.to_string(),
+                ),
                 Some(n) => match book.account(n) {
-                    Some(acct) => (200, "OK", format!(r#"{{"phone":"{}","account":"{acct}"}}"#, phone(n))),
+                    Some(acct) => (
+                        200,
+                        "OK",
+                        format!(r#"{{"phone":"{}","account":"{acct}"}}"#, phone(n)),
+                    ),
                     None => (404, "Not Found", r#"{"error":"no account"}"#.to_string()),
                 },
             }
@@ -136,21 +158,37 @@ mod tests {
 
     #[test]
     fn parses_phone_numbers_and_refuses_others() {
-        assert_eq!(parse_phone("/1.1/contacts/lookup?phone=+15550000042"), Some(42));
-        assert_eq!(parse_phone("/1.1/contacts/lookup?x=1&phone=%2B15559999999"), Some(9_999_999));
+        assert_eq!(
+            parse_phone("/1.1/contacts/lookup?phone=+15550000042"),
+            Some(42)
+        );
+        assert_eq!(
+            parse_phone("/1.1/contacts/lookup?x=1&phone=%2B15559999999"),
+            Some(9_999_999)
+        );
         assert_eq!(parse_phone("/1.1/contacts/lookup?phone=+1555123"), None);
-        assert_eq!(parse_phone("/1.1/contacts/lookup?phone=+4455500000000"), None);
+        assert_eq!(
+            parse_phone("/1.1/contacts/lookup?phone=+4455500000000"),
+            None
+        );
         assert_eq!(parse_phone("/other?phone=+15550000042"), None);
     }
 
     #[test]
     fn the_same_seed_gives_the_same_book() {
-        let (a, b, c) = (PhoneBook::generate(7), PhoneBook::generate(7), PhoneBook::generate(8));
+        let (a, b, c) = (
+            PhoneBook::generate(7),
+            PhoneBook::generate(7),
+            PhoneBook::generate(8),
+        );
         let sample: Vec<_> = (0..1000).map(|n| a.account(n)).collect();
         assert_eq!(sample, (0..1000).map(|n| b.account(n)).collect::<Vec<_>>());
         assert_ne!(sample, (0..1000).map(|n| c.account(n)).collect::<Vec<_>>());
         let found = sample.iter().filter(|s| s.is_some()).count();
-        assert!((200..400).contains(&found), "density about 30%, got {found}/1000");
+        assert!(
+            (200..400).contains(&found),
+            "density about 30%, got {found}/1000"
+        );
         assert!(a.registered(0, 5).iter().all(|&n| a.account(n).is_some()));
     }
 }

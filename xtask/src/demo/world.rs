@@ -144,8 +144,26 @@ impl World {
         addr(&net, "r-api", "fd00:a::1/64")?;
         addr(&api, API_IFACE, &format!("{API_V4}/24"))?;
         addr(&api, API_IFACE, &format!("{API_V6}/64"))?;
-        ip(&["-n", &api, "-4", "route", "add", "default", "via", "198.18.0.1"])?;
-        ip(&["-n", &api, "-6", "route", "add", "default", "via", "fd00:a::1"])?;
+        ip(&[
+            "-n",
+            &api,
+            "-4",
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.18.0.1",
+        ])?;
+        ip(&[
+            "-n",
+            &api,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd00:a::1",
+        ])?;
         for (i, role) in Role::CLIENTS.into_iter().enumerate() {
             let ns = self.names.ns(role);
             let n = i + 1;
