@@ -65,7 +65,7 @@ pub fn draw(path: &Path, runs: &[RunSeries]) -> anyhow::Result<()> {
                 .x_desc("s")
                 .x_labels(7)
                 .y_labels(4)
-                .light_line_style(WHITE)
+                .max_light_lines(0)
                 .label_style(("sans-serif", 10))
                 .draw()
                 .map_err(err)?;

@@ -456,7 +456,7 @@ fn run_once(
             .iter()
             .map(|&c| {
                 let (served, dropped) = tally.second(c, s);
-                format!("{} {served}/{dropped}", c.label())
+                format!("{} {served:>5}/{dropped:<4}", c.label())
             })
             .collect();
         eprintln!("  [{label:>7}] {sec:>3}s  {}", cells.join("  "));

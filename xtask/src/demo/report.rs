@@ -209,22 +209,24 @@ impl Report {
         if !self.time_to_stop.is_empty() {
             let _ = writeln!(
                 o,
-                "\nTime to stop (seen by the attacker: from its first request to its first \
-                 unanswered one, and what still got through afterwards):"
+                "\nTime to stop, as each offender saw it: from its first request to the first \
+                 one the monitor refused, and how many lookups per second still got through \
+                 after that (the limit it was held to; 0 once banned):"
             );
             for u in &self.time_to_stop {
                 let stop = u
                     .time_to_first_drop_s
-                    .map_or("never".to_string(), |t| format!("{t:.2} s"));
-                let after = u
-                    .served_per_s_after_first_drop
-                    .map_or("-".to_string(), |r| format!("{r:.1}/s answered after"));
+                    .map_or("never refused".to_string(), |t| {
+                        format!("refused after {t:.2} s")
+                    });
+                let after = u.served_per_s_after_first_drop.map_or(String::new(), |r| {
+                    format!(", then {r:.1} lookups/s got through")
+                });
                 let _ = writeln!(
                     o,
-                    "  {:<22} {:<12} stopped after {:>8}, {after}",
+                    "  {:<18} {:<12} {stop}{after}",
                     u.source,
-                    u.class.label(),
-                    stop
+                    u.class.label()
                 );
             }
         }

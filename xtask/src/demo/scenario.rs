@@ -196,8 +196,10 @@ impl Tally {
         &self.timeline[class.index() * self.secs + sec.min(self.secs - 1)]
     }
 
-    fn record(&self, class: Class, unit: usize, started: Instant, outcome: Outcome) {
-        let at = started.saturating_duration_since(self.start);
+    /// Records an outcome at the moment it became known (an answer, or the timeout), so the
+    /// per-second progress line is final as soon as its second is over.
+    fn record(&self, class: Class, unit: usize, outcome: Outcome) {
+        let at = self.start.elapsed();
         let slot = self.slot(class, at.as_secs() as usize);
         let served = !matches!(outcome, Outcome::Dropped);
         if served {
@@ -541,7 +543,6 @@ async fn worker(w: Worker, tally: Arc<Tally>, deadline: tokio::time::Instant) {
             }
         };
         let target = format!("{LOOKUP_PATH}?phone={}", service::phone(number));
-        let started = now.into_std();
         // No request outlives the run: the last ones are cut at the deadline.
         let limit = w.timeout.min(deadline.saturating_duration_since(now));
         let result = tokio::time::timeout(
@@ -566,7 +567,7 @@ async fn worker(w: Worker, tally: Arc<Tally>, deadline: tokio::time::Instant) {
         };
         // A request still waiting when the run ends was neither served nor dropped.
         if !cut_by_deadline {
-            tally.record(w.class, w.unit, started, outcome);
+            tally.record(w.class, w.unit, outcome);
         }
     }
 }
