@@ -113,7 +113,10 @@ mod tests {
     fn v4_mask_keeps_mapped_marker_and_network() {
         let key = AddrKey::from_v4([203, 0, 113, 77]);
         assert!(key.is_v4());
-        assert_eq!(key.masked(&AddrMask::v4(24)), AddrKey::from_v4([203, 0, 113, 0]));
+        assert_eq!(
+            key.masked(&AddrMask::v4(24)),
+            AddrKey::from_v4([203, 0, 113, 0])
+        );
         assert_eq!(key.masked(&AddrMask::v4(32)), key);
         assert_eq!(key.masked(&AddrMask::v4(0)), AddrKey::from_v4([0, 0, 0, 0]));
     }

@@ -67,7 +67,11 @@ pub fn is_request(
     prefix: &[u8; HTTP_PATH_MAX],
     prefix_len: usize,
 ) -> bool {
-    let len = if len > HTTP_INSPECT_MAX { HTTP_INSPECT_MAX } else { len };
+    let len = if len > HTTP_INSPECT_MAX {
+        HTTP_INSPECT_MAX
+    } else {
+        len
+    };
     let mlen = method_len(buf, len);
     if mlen == 0 || len <= mlen {
         return false;

@@ -64,10 +64,9 @@ impl Limit {
 
     /// The burst `B` this limit was built with.
     pub const fn burst(&self) -> u64 {
-        if self.interval_ns == 0 {
-            0
-        } else {
-            self.tolerance_ns / self.interval_ns
+        match self.tolerance_ns.checked_div(self.interval_ns) {
+            Some(burst) => burst,
+            None => 0,
         }
     }
 

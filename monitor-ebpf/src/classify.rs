@@ -25,9 +25,7 @@ use crate::{
     frame::Frame,
     limit::{Charge, charge_bucket, charge_key, insert_new},
     maps::{MON_AGGS, MON_CONFIG, MON_PORTS, MON_SOURCES, count},
-    parse::{
-        IPPROTO_TCP, ParseError, Parsed, TCP_FLAG_ACK, TCP_FLAG_SYN, Transport, parse,
-    },
+    parse::{IPPROTO_TCP, ParseError, Parsed, TCP_FLAG_ACK, TCP_FLAG_SYN, Transport, parse},
     policy,
 };
 
@@ -129,7 +127,7 @@ fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: u64) -> Verdi
     };
     let key = src.masked(source_mask);
 
-    let (charge, bucket) = match MON_SOURCES.get_ptr_mut(&key) {
+    let (charge, bucket) = match MON_SOURCES.get_ptr_mut(key) {
         Some(bucket) => {
             if policy::bucket_banned(bucket, &key, now) {
                 if request {
@@ -178,8 +176,21 @@ fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: u64) -> Verdi
         if let Some(agg_bucket) = agg_bucket
             && policy::claim_event_slot(agg_bucket, now, false)
         {
-            let prefix = if pkt.is_v4 { cfg.v4_agg_prefix } else { cfg.v6_agg_prefix };
-            policy::emit(&event(&agg_key, agg_bucket, pkt, cfg, now, level::AGGREGATE, prefix, 0));
+            let prefix = if pkt.is_v4 {
+                cfg.v4_agg_prefix
+            } else {
+                cfg.v6_agg_prefix
+            };
+            policy::emit(&event(
+                &agg_key,
+                agg_bucket,
+                pkt,
+                cfg,
+                now,
+                level::AGGREGATE,
+                prefix,
+                0,
+            ));
         }
         return over_limit(cfg, Stat::DroppedAggregate);
     }
@@ -200,14 +211,32 @@ fn source_over_limit<F: Frame>(
     if cfg.ban_ns != 0 {
         if policy::start_ban(bucket, key, now + cfg.ban_ns) {
             ban_until = now + cfg.ban_ns;
-            info!(frame.ctx(), "ban started on port {} for {} ms", pkt.dport, cfg.ban_ns / 1_000_000);
+            info!(
+                frame.ctx(),
+                "ban started on port {} for {} ms",
+                pkt.dport,
+                cfg.ban_ns / 1_000_000
+            );
         } else {
             warn!(frame.ctx(), "ban table full: source only rate limited");
         }
     }
     if policy::claim_event_slot(bucket, now, ban_until != 0) {
-        let prefix = if pkt.is_v4 { cfg.v4_prefix } else { cfg.v6_prefix };
-        policy::emit(&event(key, bucket, pkt, cfg, now, level::SOURCE, prefix, ban_until));
+        let prefix = if pkt.is_v4 {
+            cfg.v4_prefix
+        } else {
+            cfg.v6_prefix
+        };
+        policy::emit(&event(
+            key,
+            bucket,
+            pkt,
+            cfg,
+            now,
+            level::SOURCE,
+            prefix,
+            ban_until,
+        ));
     }
 }
 
@@ -228,7 +257,11 @@ fn event(
         addr: key.addr,
         prefix_len,
         level,
-        kind: if ban_until_ns != 0 { kind::BAN } else { kind::OVER_LIMIT },
+        kind: if ban_until_ns != 0 {
+            kind::BAN
+        } else {
+            kind::OVER_LIMIT
+        },
         action: cfg.action,
         proto: pkt.proto,
         is_v4: pkt.is_v4 as u8,

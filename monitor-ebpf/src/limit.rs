@@ -75,7 +75,7 @@ pub fn insert_new(
         requests: 1,
         refused: 0,
     };
-    if map.insert(key, &fresh, BPF_NOEXIST).is_ok() {
+    if map.insert(key, fresh, BPF_NOEXIST).is_ok() {
         return (Charge::Admitted, None);
     }
     match map.get_ptr_mut(key) {

@@ -256,13 +256,8 @@ fn ipv6_extension(c: &mut Cursor, kind: u8) -> Result<(u8, usize, u16), ParseErr
 fn tcp(c: &mut Cursor, l3: &L3) -> Result<Parsed, ParseError> {
     let hdr = c.take::<TcpHdr>()?;
     let raw = hdr as *const u8;
-    let (dport, doff_byte, flags) = unsafe {
-        (
-            u16::from_be_bytes((*hdr).dest),
-            *raw.add(12),
-            *raw.add(13),
-        )
-    };
+    let (dport, doff_byte, flags) =
+        unsafe { (u16::from_be_bytes((*hdr).dest), *raw.add(12), *raw.add(13)) };
     let header_len = ((doff_byte >> 4) as usize) * 4;
     if header_len < TcpHdr::LEN || header_len > l3.l4_len {
         return Err(ParseError::Invalid);

@@ -34,7 +34,11 @@ pub fn read_all<K: aya::Pod, V: aya::Pod>(map_fd: i32) -> io::Result<Vec<(K, V)>
     let mut first = true;
     loop {
         let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { &cursor as *const u32 as u64 },
+            in_batch: if first {
+                0
+            } else {
+                &cursor as *const u32 as u64
+            },
             out_batch: &mut next as *mut u32 as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,

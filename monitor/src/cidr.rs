@@ -13,7 +13,9 @@ pub struct Cidr {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CidrError {
-    #[error("invalid CIDR {0:?}: expected an address or ADDRESS/LENGTH, e.g. 203.0.113.0/24 or 2001:db8::/48")]
+    #[error(
+        "invalid CIDR {0:?}: expected an address or ADDRESS/LENGTH, e.g. 203.0.113.0/24 or 2001:db8::/48"
+    )]
     Syntax(String),
     #[error("invalid CIDR {input:?}: prefix length {len} is over {max} for this address family")]
     Length { input: String, len: u32, max: u8 },
@@ -85,7 +87,9 @@ impl FromStr for Cidr {
         let len = match len_part {
             None => max,
             Some(l) => {
-                let len: u32 = l.parse().map_err(|_| CidrError::Syntax(input.to_string()))?;
+                let len: u32 = l
+                    .parse()
+                    .map_err(|_| CidrError::Syntax(input.to_string()))?;
                 if len > max as u32 {
                     return Err(CidrError::Length {
                         input: input.to_string(),
@@ -150,7 +154,15 @@ mod tests {
 
     #[test]
     fn rejects_bad_input_with_one_line() {
-        for bad in ["", "10.0.0.0/", "10.0.0.0/33", "2001:db8::/129", "300.1.1.1", "x/8", "10.0.0.1/24"] {
+        for bad in [
+            "",
+            "10.0.0.0/",
+            "10.0.0.0/33",
+            "2001:db8::/129",
+            "300.1.1.1",
+            "x/8",
+            "10.0.0.1/24",
+        ] {
             let err = bad.parse::<Cidr>().unwrap_err().to_string();
             assert!(!err.contains('\n'), "{err}");
         }
@@ -167,6 +179,9 @@ mod tests {
         let mut a = [0u8; 16];
         a[0] = 0x20;
         a[1] = 0x01;
-        assert_eq!(Cidr::from_key(&AddrKey::from_v6(a), 64).to_string(), "2001::/64");
+        assert_eq!(
+            Cidr::from_key(&AddrKey::from_v6(a), 64).to_string(),
+            "2001::/64"
+        );
     }
 }

@@ -3,15 +3,13 @@
 //! This is the only place in user space that writes to the kernel's maps.
 
 use std::{
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{
-        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key,
-    },
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{ProgramError, SchedClassifier, Xdp},
 };
 use monitor_common::{
@@ -31,7 +29,9 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    #[error("loading the eBPF object failed: {0} (are you root, or have CAP_BPF and CAP_NET_ADMIN?)")]
+    #[error(
+        "loading the eBPF object failed: {0} (are you root, or have CAP_BPF and CAP_NET_ADMIN?)"
+    )]
     Load(#[source] Box<aya::EbpfError>),
     #[error("map {name}: {source}")]
     Map {
@@ -45,9 +45,13 @@ pub enum KernelError {
         #[source]
         source: ProgramError,
     },
-    #[error("map or program {0} missing from the eBPF object (was it built from this source tree?)")]
+    #[error(
+        "map or program {0} missing from the eBPF object (was it built from this source tree?)"
+    )]
     Missing(&'static str),
-    #[error("creating pin directory {path}: {source} (is bpffs mounted? `mount -t bpf bpf /sys/fs/bpf`)")]
+    #[error(
+        "creating pin directory {path}: {source} (is bpffs mounted? `mount -t bpf bpf /sys/fs/bpf`)"
+    )]
     PinDir {
         path: PathBuf,
         #[source]
@@ -93,6 +97,27 @@ impl Default for LoadOptions {
     }
 }
 
+/// See [`Kernel::table_reader`].
+pub struct TableReader {
+    sources: OwnedFd,
+    aggregates: OwnedFd,
+    bans: OwnedFd,
+}
+
+impl TableReader {
+    pub fn sources(&self) -> Result<Vec<(AddrKey, Bucket)>> {
+        crate::batch::read_all(self.sources.as_raw_fd()).map_err(KernelError::Batch)
+    }
+
+    pub fn aggregates(&self) -> Result<Vec<(AddrKey, Bucket)>> {
+        crate::batch::read_all(self.aggregates.as_raw_fd()).map_err(KernelError::Batch)
+    }
+
+    pub fn bans(&self) -> Result<Vec<(AddrKey, Ban)>> {
+        crate::batch::read_all(self.bans.as_raw_fd()).map_err(KernelError::Batch)
+    }
+}
+
 /// The kernel statistics, summed over CPUs, indexed by `Stat`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats(pub [u64; STAT_COUNT as usize]);
@@ -119,7 +144,10 @@ impl Kernel {
                 path: dir.clone(),
                 source,
             })?;
-            pins = ALL_MAPS.iter().map(|name| (*name, dir.join(name))).collect();
+            pins = ALL_MAPS
+                .iter()
+                .map(|name| (*name, dir.join(name)))
+                .collect();
             for (name, path) in &pins {
                 loader.map_pin_path(name, path.as_path());
             }
@@ -264,6 +292,23 @@ impl Kernel {
         crate::batch::read_all(self.map_fd(MAP_BANS)?).map_err(KernelError::Batch)
     }
 
+    /// Read-only handles on the tracked-source, aggregate and ban tables that work without
+    /// borrowing the `Kernel`, so a sampler can walk a million entries while map writes go on.
+    pub fn table_reader(&self) -> Result<TableReader> {
+        let dup = |name: &'static str| -> Result<OwnedFd> {
+            let fd = self.map_fd(name)?;
+            // SAFETY: `fd` belongs to a map this `Kernel` owns and is open for this call.
+            unsafe { BorrowedFd::borrow_raw(fd) }
+                .try_clone_to_owned()
+                .map_err(KernelError::Batch)
+        };
+        Ok(TableReader {
+            sources: dup(MAP_SOURCES)?,
+            aggregates: dup(MAP_AGGREGATES)?,
+            bans: dup(MAP_BANS)?,
+        })
+    }
+
     fn map_fd(&self, name: &'static str) -> Result<i32> {
         let fd = match self.map(name)? {
             Map::HashMap(m) | Map::LruHashMap(m) => m.fd().as_fd().as_raw_fd(),
@@ -292,7 +337,12 @@ impl Kernel {
         let existed = match map.remove(key) {
             Ok(()) => true,
             Err(MapError::KeyNotFound) => false,
-            Err(source) => return Err(KernelError::Map { name: MAP_BANS, source }),
+            Err(source) => {
+                return Err(KernelError::Map {
+                    name: MAP_BANS,
+                    source,
+                });
+            }
         };
         let mut sources: HashMap<&mut MapData, AddrKey, Bucket> = self.typed_mut(MAP_SOURCES)?;
         if let Ok(mut bucket) = sources.get(key, 0)

@@ -84,7 +84,11 @@ mod tests {
         b[15] = 2;
         let mut c = a;
         c[7] = 1;
-        let (a, b, c) = (AddrKey::from_v6(a), AddrKey::from_v6(b), AddrKey::from_v6(c));
+        let (a, b, c) = (
+            AddrKey::from_v6(a),
+            AddrKey::from_v6(b),
+            AddrKey::from_v6(c),
+        );
         assert!(twin.request(&a, 0));
         assert!(twin.request(&b, 0));
         assert!(!twin.request(&a, 0), "a and b share one /64 budget of 2");

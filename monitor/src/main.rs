@@ -1,4 +1,5 @@
-fn main() {
-    eprintln!("monitor: the daemon and CLI are not built yet");
-    std::process::exit(2);
+//! The `monitor` binary: everything lives in the library; see `monitor::cli`.
+
+fn main() -> std::process::ExitCode {
+    monitor::cli::main()
 }

@@ -15,7 +15,9 @@ pub struct Rate {
 pub enum UnitError {
     #[error("invalid rate {0:?}: expected N/s or N/m with N a whole number, e.g. 100/s")]
     Rate(String),
-    #[error("invalid duration {0:?}: expected a number with a unit (ms, s, m, h, d), e.g. 10m, or 0")]
+    #[error(
+        "invalid duration {0:?}: expected a number with a unit (ms, s, m, h, d), e.g. 10m, or 0"
+    )]
     Duration(String),
 }
 
@@ -83,12 +85,12 @@ pub fn format_duration(d: Duration) -> String {
     if ms == 0 {
         return "0".into();
     }
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let s = ms / 1000;
     for (unit, n) in [("d", 86_400), ("h", 3600), ("m", 60)] {
-        if s % n == 0 {
+        if s.is_multiple_of(n) {
             return format!("{}{unit}", s / n);
         }
     }

@@ -15,16 +15,30 @@ pub const TCP_RST: u8 = 0x04;
 pub const TCP_PSH: u8 = 0x08;
 pub const TCP_ACK: u8 = 0x10;
 
+pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ROUTING: u8 = 43;
+pub const IPPROTO_FRAGMENT: u8 = 44;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_DSTOPTS: u8 = 60;
+
 #[derive(Clone, Debug)]
 pub enum L4 {
-    Tcp { dport: u16, flags: u8, options: usize },
-    Udp { dport: u16 },
+    Tcp {
+        dport: u16,
+        flags: u8,
+        options: usize,
+    },
+    Udp {
+        dport: u16,
+    },
     /// Another IP protocol number, with no header of its own.
     Other(u8),
 }
 
-/// IPv6 extension headers, in order: (protocol number, total length in bytes, a multiple of 8).
-/// A fragment header (44) is always 8 bytes; use `v6_fragment` to set its offset.
+/// A frame to build. IPv6 extension headers are listed in order as (protocol number, total
+/// length in bytes, a multiple of 8); a fragment header (44) is always 8 bytes and takes its
+/// offset from `v6_fragment_offset`.
 #[derive(Clone, Debug)]
 pub struct Frame {
     pub vlan_tags: Vec<u16>,
@@ -73,12 +87,67 @@ impl Frame {
 
     /// A TCP segment with data (PSH|ACK): one request in `payload` mode.
     pub fn request(src: &str, dport: u16) -> Self {
-        Self::tcp(src, dport, TCP_PSH | TCP_ACK, b"GET /1.1/contacts/lookup?phone=1 HTTP/1.1\r\n\r\n")
+        Self::tcp(
+            src,
+            dport,
+            TCP_PSH | TCP_ACK,
+            b"GET /1.1/contacts/lookup?phone=1 HTTP/1.1\r\n\r\n",
+        )
     }
 
     pub fn with_vlans(mut self, tags: &[u16]) -> Self {
         self.vlan_tags = tags.to_vec();
         self
+    }
+
+    /// A packet of another IP protocol (ICMP, say) carrying `payload` as its whole body.
+    pub fn other(src: &str, proto: u8, payload: &[u8]) -> Self {
+        let mut f = Self::tcp(src, 0, 0, payload);
+        f.l4 = L4::Other(proto);
+        f
+    }
+
+    /// IPv4 options of `len` bytes (a multiple of 4, at most 40), filled with NOPs.
+    pub fn with_ipv4_options(mut self, len: usize) -> Self {
+        self.ipv4_options = len;
+        self
+    }
+
+    /// Marks an IPv4 packet as a fragment at `offset` (8-byte units), with more-fragments set
+    /// as given.
+    pub fn with_v4_fragment(mut self, offset: u16, more: bool) -> Self {
+        self.v4_fragment = Some((offset, more));
+        self
+    }
+
+    /// IPv6 extension headers in order, as (protocol number, length in bytes).
+    pub fn with_v6_extensions(mut self, extensions: &[(u8, usize)]) -> Self {
+        self.v6_extensions = extensions.to_vec();
+        self
+    }
+
+    /// The offset (8-byte units) written into the IPv6 fragment header.
+    pub fn with_v6_fragment_offset(mut self, offset: u16) -> Self {
+        self.v6_fragment_offset = offset;
+        self
+    }
+
+    /// TCP options of `len` bytes (a multiple of 4, at most 40).
+    pub fn with_tcp_options(mut self, len: usize) -> Self {
+        if let L4::Tcp { options, .. } = &mut self.l4 {
+            *options = len;
+        }
+        self
+    }
+
+    /// Where the IP header starts in `build()`'s output.
+    pub fn l3_offset(&self) -> usize {
+        14 + 4 * self.vlan_tags.len()
+    }
+
+    /// Where the source address sits in `build()`'s output, so a flood can rewrite it in place.
+    pub fn src_offset(&self) -> usize {
+        self.l3_offset() + if self.src.is_ipv4() { 12 } else { 8 }
     }
 
     pub fn build(&self) -> Vec<u8> {
@@ -89,7 +158,7 @@ impl Frame {
                 flags,
                 options,
             } => {
-                assert!(options % 4 == 0 && *options <= 40);
+                assert!(options.is_multiple_of(4) && *options <= 40);
                 l4.extend_from_slice(&40000u16.to_be_bytes());
                 l4.extend_from_slice(&dport.to_be_bytes());
                 l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]);
@@ -132,7 +201,7 @@ impl Frame {
         }
         match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                assert!(self.ipv4_options % 4 == 0 && self.ipv4_options <= 40);
+                assert!(self.ipv4_options.is_multiple_of(4) && self.ipv4_options <= 40);
                 let hl = 20 + self.ipv4_options;
                 frame.push(0x40 | (hl / 4) as u8);
                 frame.push(0);
@@ -166,7 +235,7 @@ impl Frame {
                         assert_eq!(*len, 8);
                         ext[2..4].copy_from_slice(&(self.v6_fragment_offset << 3).to_be_bytes());
                     } else {
-                        assert!(len % 8 == 0 && *len >= 8);
+                        assert!(len.is_multiple_of(8) && *len >= 8);
                         ext[1] = (len / 8 - 1) as u8;
                     }
                     frame.extend_from_slice(&ext);

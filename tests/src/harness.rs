@@ -1,9 +1,13 @@
 //! The real eBPF object loaded into the kernel, driven with BPF_PROG_TEST_RUN.
 
-use aya::programs::{TestRun, TestRunOptions};
+use std::net::IpAddr;
+
+use aya::programs::{ProgramError, TestRun, TestRunOptions};
 use monitor::kernel::{Kernel, LoadOptions, Stats};
 use monitor_common::{
+    addr::{AddrKey, AddrMask},
     config::{Config, port_flags},
+    maps::Bucket,
     rate::{Limit, NANOS_PER_SEC},
     stats::Stat,
 };
@@ -56,6 +60,21 @@ impl Loaded {
 
     /// Runs one frame `repeat` times; returns the last verdict and the kernel's mean ns per run.
     pub fn run_repeat(&mut self, hook: Hook, frame: &[u8], repeat: u32) -> (Verdict, u64) {
+        self.try_run_repeat(hook, frame, repeat)
+            .expect("BPF_PROG_TEST_RUN")
+    }
+
+    /// One run, returning the kernel's refusal (a frame shorter than Ethernet, say) as an error.
+    pub fn try_run(&mut self, hook: Hook, frame: &[u8]) -> Result<Verdict, ProgramError> {
+        self.try_run_repeat(hook, frame, 1).map(|(v, _)| v)
+    }
+
+    fn try_run_repeat(
+        &mut self,
+        hook: Hook,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(Verdict, u64), ProgramError> {
         let opts = TestRunOptions {
             data_in: Some(frame),
             repeat,
@@ -64,14 +83,75 @@ impl Loaded {
         let result = match hook {
             Hook::Xdp => self.kernel.xdp().expect("xdp").test_run(opts),
             Hook::Tc => self.kernel.tc().expect("tc").test_run(opts),
-        }
-        .expect("BPF_PROG_TEST_RUN");
+        }?;
         let verdict = match (hook, result.return_value) {
             (Hook::Xdp, 2) | (Hook::Tc, 0) => Verdict::Pass,
             (Hook::Xdp, 1) | (Hook::Tc, 2) => Verdict::Drop,
             (h, v) => panic!("{h:?} returned unexpected action {v}"),
         };
-        (verdict, result.duration.as_nanos() as u64)
+        Ok((verdict, result.duration.as_nanos() as u64))
+    }
+
+    /// Runs one frame `n` times as separate runs (each its own verdict, unlike `repeat`).
+    pub fn run_each(&mut self, hook: Hook, frame: &[u8], n: usize) -> Vec<Verdict> {
+        (0..n).map(|_| self.run(hook, frame)).collect()
+    }
+
+    /// How many of `n` separate runs of one frame passed.
+    pub fn passes(&mut self, hook: Hook, frame: &[u8], n: usize) -> usize {
+        self.run_each(hook, frame, n)
+            .into_iter()
+            .filter(|v| *v == Verdict::Pass)
+            .count()
+    }
+
+    pub fn config(&self) -> Config {
+        self.kernel.config().expect("read config")
+    }
+
+    /// Changes the live config in place (the programs stay loaded).
+    pub fn update_config(&mut self, change: impl FnOnce(&mut Config)) {
+        let mut config = self.config();
+        change(&mut config);
+        self.kernel.set_config(&config).expect("write config");
+    }
+
+    /// The source bucket `addr` is charged to under the live config's source prefixes.
+    pub fn source_bucket(&self, addr: &str) -> Option<Bucket> {
+        let config = self.config();
+        let key = source_key(addr, &config);
+        self.kernel.source(&key).expect("read MON_SOURCES")
+    }
+
+    /// The aggregate bucket `addr` is charged to under the live config's aggregate prefixes.
+    pub fn aggregate_bucket(&self, addr: &str) -> Option<Bucket> {
+        let config = self.config();
+        let key = aggregate_key(addr, &config);
+        self.kernel.aggregate(&key).expect("read MON_AGGS")
+    }
+
+    /// Asserts that, since `before`, each listed statistic moved by exactly its count and every
+    /// other statistic did not move at all.
+    #[track_caller]
+    pub fn expect_stats(&self, context: &str, before: &Stats, want: &[(Stat, u64)]) {
+        let after = self.stats();
+        let mut wrong = Vec::new();
+        for stat in Stat::ALL {
+            let expected = want
+                .iter()
+                .filter(|(s, _)| s == stat)
+                .map(|(_, n)| *n)
+                .sum::<u64>();
+            let got = delta(before, &after, *stat);
+            if got != expected {
+                wrong.push(format!("{}: got {got}, want {expected}", stat.label()));
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "{context}: statistics moved unexpectedly: {}",
+            wrong.join("; ")
+        );
     }
 
     pub fn stats(&self) -> Stats {
@@ -81,6 +161,60 @@ impl Loaded {
     pub fn stat(&self, stat: Stat) -> u64 {
         self.stats().get(stat)
     }
+}
+
+/// The `n`th of a family of distinct IPv4 sources, each in its own /24 so that sources never
+/// share a default aggregate; `family` separates tests or hooks.
+pub fn v4_source(family: u8, n: u8) -> String {
+    format!("10.{family}.{n}.1")
+}
+
+/// The `n`th of a family of distinct IPv6 sources, each in its own /48 (so its own /64 too).
+pub fn v6_source(family: u8, n: u16) -> String {
+    format!("fd{family:02x}:{n:x}::1")
+}
+
+/// The unmasked key of a source address (IPv4 in mapped form).
+pub fn addr_key(addr: &str) -> AddrKey {
+    match addr.parse::<IpAddr>().expect("test address") {
+        IpAddr::V4(v4) => AddrKey::from_v4(v4.octets()),
+        IpAddr::V6(v6) => AddrKey::from_v6(v6.octets()),
+    }
+}
+
+/// The key `addr` is tracked under at the source level of `config`.
+pub fn source_key(addr: &str, config: &Config) -> AddrKey {
+    let key = addr_key(addr);
+    key.masked(if key.is_v4() {
+        &config.v4_source_mask
+    } else {
+        &config.v6_source_mask
+    })
+}
+
+/// The key `addr` is tracked under at the aggregate level of `config`.
+pub fn aggregate_key(addr: &str, config: &Config) -> AddrKey {
+    let key = addr_key(addr);
+    key.masked(if key.is_v4() {
+        &config.v4_agg_mask
+    } else {
+        &config.v6_agg_mask
+    })
+}
+
+/// `addr` masked to `bits` of its own family (32 for IPv4, 128 for IPv6).
+pub fn prefix_key(addr: &str, bits: u8) -> AddrKey {
+    let key = addr_key(addr);
+    key.masked(&if key.is_v4() {
+        AddrMask::v4(bits)
+    } else {
+        AddrMask::v6(bits)
+    })
+}
+
+/// A limit of `rate_per_sec` with burst `burst`.
+pub fn limit(rate_per_sec: u64, burst: u64) -> Limit {
+    Limit::new(rate_per_sec, NANOS_PER_SEC, burst).expect("valid limit")
 }
 
 /// A config with the given per-source limit, everything else default.

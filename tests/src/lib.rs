@@ -4,3 +4,4 @@
 pub mod frames;
 pub mod harness;
 pub mod netns;
+pub mod traffic;

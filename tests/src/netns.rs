@@ -32,6 +32,12 @@ pub fn sh(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+fn enter_netns(path: &str) {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+}
+
 pub struct Netns {
     pub name: String,
 }
@@ -50,6 +56,26 @@ impl Netns {
         let mut full = vec!["ip", "netns", "exec", &self.name];
         full.extend_from_slice(args);
         sh(&full)
+    }
+
+    /// Runs `f` on a new thread that first moves itself into this namespace, so the sockets
+    /// it creates live there and interface names resolve there.
+    pub fn spawn_in<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            enter_netns(&path);
+            f()
+        })
+    }
+
+    /// `spawn_in`, waiting for the result.
+    pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.spawn_in(f)
+            .join()
+            .expect("thread inside namespace panicked")
     }
 
     /// A `Command` that runs inside the namespace.
@@ -82,15 +108,28 @@ impl Link {
         let client_if = unique("vc");
         let server_if = unique("vs");
         sh(&[
-            "ip", "link", "add", &client_if, "netns", &client.name, "type", "veth", "peer", "name",
-            &server_if, "netns", &server.name,
+            "ip",
+            "link",
+            "add",
+            &client_if,
+            "netns",
+            &client.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &server_if,
+            "netns",
+            &server.name,
         ]);
         for (ns, ifname) in [(&client, &client_if), (&server, &server_if)] {
             ns.exec(&["ip", "link", "set", ifname, "up"]);
         }
         for addr in server_addrs {
             let family = if addr.contains(':') { "-6" } else { "-4" };
-            server.exec(&["ip", family, "addr", "add", addr, "dev", &server_if, "nodad"]);
+            server.exec(&[
+                "ip", family, "addr", "add", addr, "dev", &server_if, "nodad",
+            ]);
         }
         Self {
             client,
@@ -103,7 +142,15 @@ impl Link {
     /// Adds a client address (CIDR form); IPv6 addresses skip duplicate detection.
     pub fn add_client_addr(&self, addr: &str) {
         let family = if addr.contains(':') { "-6" } else { "-4" };
-        self.client
-            .exec(&["ip", family, "addr", "add", addr, "dev", &self.client_if, "nodad"]);
+        self.client.exec(&[
+            "ip",
+            family,
+            "addr",
+            "add",
+            addr,
+            "dev",
+            &self.client_if,
+            "nodad",
+        ]);
     }
 }

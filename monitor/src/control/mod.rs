@@ -1,0 +1,181 @@
+//! The control protocol between the CLI and the daemon: request and reply types (JSON in
+//! length-delimited frames over the Unix socket), the framing, the client, and the daemon's
+//! server with one handler per command.
+
+pub mod client;
+pub mod codec;
+pub mod handlers;
+pub mod server;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Which list a list command addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListName {
+    Allow,
+    Deny,
+}
+
+/// What `monitor set` changes. Values travel as the operator typed them and are parsed by the
+/// daemon's handler, so the daemon's error is the one the operator sees.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "setting", content = "value")]
+pub enum SetRequest {
+    Rate(String),
+    Burst(u64),
+    AggRate(String),
+    AggBurst(u64),
+    Action(String),
+    Ban(String),
+    Count(String),
+    HttpPath(String),
+    PortAdd(u16),
+    PortRm(u16),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "command")]
+pub enum Request {
+    Status,
+    Stats,
+    Top {
+        limit: usize,
+        level: Option<String>,
+    },
+    Offenders {
+        since: Option<String>,
+        limit: usize,
+    },
+    Block {
+        cidr: String,
+        #[serde(rename = "for")]
+        duration: Option<String>,
+    },
+    Unblock {
+        cidr: String,
+    },
+    ListAdd {
+        list: ListName,
+        cidr: String,
+        #[serde(rename = "for")]
+        duration: Option<String>,
+    },
+    ListRemove {
+        list: ListName,
+        cidr: String,
+    },
+    ListShow {
+        list: ListName,
+    },
+    Set(SetRequest),
+    Reload,
+}
+
+/// A reply: the command's data, or one line of error.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Response {
+    Ok(serde_json::Value),
+    Error(String),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TopRow {
+    pub source: String,
+    /// Requests per second over the last sampling interval.
+    pub rate: f64,
+    pub total: u64,
+    pub dropped: u64,
+    pub banned_until: Option<String>,
+    pub level: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TopReply {
+    /// When the sample was taken (RFC 3339), and over how long the rates were measured.
+    pub sampled_at: Option<String>,
+    pub interval_ms: u64,
+    pub tracked_sources: u64,
+    pub tracked_aggregates: u64,
+    pub rows: Vec<TopRow>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OffenderRow {
+    pub source: String,
+    pub level: String,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub peak_rate: f64,
+    pub dropped: u64,
+    pub times_banned: u64,
+    pub events: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ListRow {
+    pub cidr: String,
+    pub expires: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Attachment {
+    pub iface: String,
+    pub hook: String,
+    pub mode: String,
+    pub adopted: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PortRow {
+    pub port: u16,
+    pub proto: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Limits {
+    pub rate: String,
+    pub burst: u64,
+    pub agg_rate: Option<String>,
+    pub agg_burst: u64,
+    pub v4_prefix: u8,
+    pub v6_prefix: u8,
+    pub v4_agg_prefix: u8,
+    pub v6_agg_prefix: u8,
+    pub count: String,
+    pub http_path: Option<String>,
+    pub ban: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub version: String,
+    pub pid: u32,
+    pub started_at: String,
+    pub uptime_secs: u64,
+    pub attach: String,
+    pub interfaces: Vec<Attachment>,
+    pub ports: Vec<PortRow>,
+    pub action: String,
+    pub limits: Limits,
+    pub persist: bool,
+    pub pin_path: String,
+    pub db: String,
+    pub socket: String,
+    pub metrics: Option<String>,
+    pub allow_entries: usize,
+    pub deny_entries: usize,
+    pub active_bans: u64,
+    pub tracked_sources: u64,
+    pub tracked_aggregates: u64,
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// Reply to commands that change something.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Done {
+    pub message: String,
+}

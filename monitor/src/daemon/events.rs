@@ -1,0 +1,128 @@
+//! Offender events: drains the kernel's ring buffer when it becomes readable, writes one line
+//! per event (text or JSON), and hands the batch to the history. The kernel sends at most one
+//! event per key per second (and always one when a ban starts), so these lines stay readable
+//! under a flood.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use aya::maps::{MapData, RingBuf};
+use monitor_common::{
+    addr::AddrKey,
+    config::action,
+    event::{EVENT_SIZE, Event, kind, level},
+};
+use tokio::io::unix::AsyncFd;
+
+use super::{Shared, sampler::Level};
+use crate::{cidr::Cidr, clock, config::LogFormat, history::Sighting, logging, timefmt};
+
+/// Consecutive events of one key give its rate; entries older than this are forgotten.
+const RATE_MEMORY: Duration = Duration::from_secs(120);
+
+pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<()> {
+    // SAFETY: the ring buffer owns its descriptor, which stays open and unchanged until the
+    // AsyncFd (which owns the ring buffer) is dropped.
+    let mut fd = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
+    let mut last: HashMap<(Level, AddrKey), (u64, u64)> = HashMap::new();
+    loop {
+        let mut guard = fd.readable_mut().await?;
+        let mut batch = Vec::new();
+        {
+            let ring = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                if item.len() >= EVENT_SIZE {
+                    // SAFETY: the kernel writes whole `Event`s; read_unaligned copes with any
+                    // alignment of the ring buffer's data.
+                    batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) });
+                }
+            }
+        }
+        guard.clear_ready();
+        if batch.is_empty() {
+            continue;
+        }
+        let now_k = clock::kernel_now_ns();
+        last.retain(|_, (ts, _)| now_k.saturating_sub(*ts) < RATE_MEMORY.as_nanos() as u64);
+        let snapshot = shared.snapshot();
+        let format = shared.log_format;
+        let mut sightings = Vec::with_capacity(batch.len());
+        for ev in &batch {
+            let lvl = if ev.level == level::AGGREGATE {
+                Level::Aggregate
+            } else {
+                Level::Source
+            };
+            let key = AddrKey { addr: ev.addr };
+            let rate = match last.insert((lvl, key), (ev.ts_ns, ev.requests)) {
+                Some((ts, req)) if ev.ts_ns > ts && ev.requests >= req => {
+                    (ev.requests - req) as f64 * 1e9 / (ev.ts_ns - ts) as f64
+                }
+                _ => snapshot.rates.get(&(lvl, key)).copied().unwrap_or(0.0),
+            };
+            let rate = (rate * 10.0).round() / 10.0;
+            let at = clock::to_wall(ev.ts_ns);
+            let source = Cidr::from_key(&key, ev.prefix_len).to_string();
+            logging::event_line(&line(format, ev, lvl, &source, rate, at));
+            shared.metrics.events_received.inc();
+            sightings.push(Sighting {
+                source,
+                level: lvl.as_str(),
+                at_ms: timefmt::unix_ms(at),
+                rate,
+                dropped: 0,
+                banned: ev.kind == kind::BAN,
+                event: true,
+            });
+        }
+        shared.record_history(sightings).await;
+    }
+}
+
+fn line(
+    format: LogFormat,
+    ev: &Event,
+    lvl: Level,
+    source: &str,
+    rate: f64,
+    at: SystemTime,
+) -> String {
+    let time = timefmt::rfc3339(at);
+    let proto = if ev.proto == 17 { "udp" } else { "tcp" };
+    let act = if ev.action == action::MONITOR {
+        "monitor"
+    } else {
+        "drop"
+    };
+    let what = if ev.kind == kind::BAN {
+        "ban"
+    } else {
+        "over-limit"
+    };
+    let ban = (ev.ban_until_ns != 0).then(|| timefmt::rfc3339(clock::to_wall(ev.ban_until_ns)));
+    match format {
+        LogFormat::Text => format!(
+            "{time} offender {what} source={source} level={} port={}/{proto} requests={} rate={rate}/s action={act} banned_until={}",
+            lvl.as_str(),
+            ev.dport,
+            ev.requests,
+            ban.as_deref().unwrap_or("-"),
+        ),
+        LogFormat::Json => serde_json::json!({
+            "time": time,
+            "event": what,
+            "source": source,
+            "level": lvl.as_str(),
+            "port": ev.dport,
+            "proto": proto,
+            "requests": ev.requests,
+            "rate": rate,
+            "action": act,
+            "banned_until": ban,
+        })
+        .to_string(),
+    }
+}

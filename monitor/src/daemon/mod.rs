@@ -1,0 +1,449 @@
+//! `monitor run`: validates the settings, checks everything it can before touching the
+//! system, loads the program (adopting pinned state), attaches it, then serves the control
+//! socket, the event stream, the sampler and the metrics until SIGINT/SIGTERM. SIGHUP reloads
+//! the config file.
+//!
+//! Stopping: without `--persist` the link and map pins and the pin directory are removed and
+//! the process exits, which closes the last link descriptors and detaches the program. With
+//! `--persist` everything stays pinned, so the program keeps enforcing until the next
+//! `monitor run` with the same pin path adopts it.
+
+pub mod attach;
+pub mod events;
+pub mod preflight;
+pub mod sampler;
+pub mod writer;
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard, RwLock},
+    time::{Instant, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use aya_log::EbpfLogger;
+use log::{error, info, warn};
+use monitor_common::maps::MAP_CONFIG;
+use tokio::{
+    io::unix::AsyncFd,
+    net::UnixListener,
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    config::{Layer, LogFormat, Policy, Settings},
+    control::{Attachment, OffenderRow, server},
+    history::{History, Sighting},
+    kernel::{Kernel, LoadOptions},
+    logging,
+    metrics::{self, Metrics},
+    units::format_duration,
+};
+use sampler::{Prefixes, Sampler, Snapshot};
+use writer::MapWriter;
+
+/// What the control handlers, the sampler and the event reader share.
+pub struct Shared {
+    writer: Mutex<MapWriter>,
+    snapshot: RwLock<Arc<Snapshot>>,
+    history: Arc<Mutex<History>>,
+    pub metrics: Arc<Metrics>,
+    pub log_format: LogFormat,
+    pub started_at: SystemTime,
+    pub started: Instant,
+    pub attachments: Vec<Attachment>,
+    settings: Mutex<Settings>,
+    /// The command-line layer, kept so a reload merges the re-read file under the same flags.
+    flags: Layer,
+    socket_flag: Option<PathBuf>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock would abort the process (panic = "abort"), so poisoning
+    // cannot carry a half-done write; take the value.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    /// The map writer; hold it only for map operations (each is a system call or a few).
+    pub fn writer(&self) -> MutexGuard<'_, MapWriter> {
+        lock(&self.writer)
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn settings(&self) -> Settings {
+        lock(&self.settings).clone()
+    }
+
+    pub async fn record_history(&self, sightings: Vec<Sighting>) {
+        if sightings.is_empty() {
+            return;
+        }
+        let history = self.history.clone();
+        let result = tokio::task::spawn_blocking(move || lock(&history).record(&sightings)).await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.metrics.history_errors.inc();
+                warn!("{e}");
+            }
+            Err(e) => warn!("history writer failed: {e}"),
+        }
+    }
+
+    pub async fn offenders(&self, since_ms: i64, limit: usize) -> Result<Vec<OffenderRow>> {
+        let history = self.history.clone();
+        Ok(
+            tokio::task::spawn_blocking(move || lock(&history).offenders(since_ms, limit))
+                .await??,
+        )
+    }
+
+    /// Re-reads the config file and applies what changed. Returns one line per change.
+    pub fn reload(&self) -> Result<Vec<String>> {
+        let current = self.settings();
+        let Some(file) = current.config_file.clone() else {
+            anyhow::bail!("the daemon was started without --config; there is no file to reload");
+        };
+        let new = Settings::resolve(&self.flags, self.socket_flag.as_deref(), Some(&file))?;
+        let mut changes = Vec::new();
+        {
+            let mut writer = self.writer();
+            changes.extend(policy_changes(writer.policy(), &new.policy));
+            if writer.policy() != &new.policy {
+                writer.apply_policy(new.policy.clone())?;
+            }
+            changes.extend(writer.sync_configured_lists(&new.allow, &new.deny)?);
+        }
+        for name in new.restart_only_changes(&current) {
+            warn!(
+                "reload: {name} changed in {}; it takes effect on restart",
+                file.display()
+            );
+            changes.push(format!("{name}: changed, takes effect on restart"));
+        }
+        *lock(&self.settings) = Settings {
+            policy: new.policy,
+            allow: new.allow,
+            deny: new.deny,
+            ..current
+        };
+        for c in &changes {
+            info!("reload: {c}");
+        }
+        Ok(changes)
+    }
+}
+
+/// Human-readable differences between two policies.
+pub fn policy_changes(old: &Policy, new: &Policy) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut diff = |name: &str, a: String, b: String| {
+        if a != b {
+            out.push(format!("{name}: {a} -> {b}"));
+        }
+    };
+    let rate = |r: Option<crate::units::Rate>| r.map_or("off".to_string(), |r| r.to_string());
+    diff("rate", old.rate.to_string(), new.rate.to_string());
+    diff("burst", old.burst.to_string(), new.burst.to_string());
+    diff("agg-rate", rate(old.agg_rate), rate(new.agg_rate));
+    diff(
+        "agg-burst",
+        old.agg_burst.to_string(),
+        new.agg_burst.to_string(),
+    );
+    diff("action", old.action.to_string(), new.action.to_string());
+    diff("count", old.count.to_string(), new.count.to_string());
+    diff(
+        "http-path",
+        format!("{:?}", old.http_path),
+        format!("{:?}", new.http_path),
+    );
+    diff("ban", format_duration(old.ban), format_duration(new.ban));
+    diff("proto", old.proto.to_string(), new.proto.to_string());
+    diff(
+        "ports",
+        format!("{:?}", old.ports),
+        format!("{:?}", new.ports),
+    );
+    diff(
+        "v4-prefix",
+        old.v4_prefix.to_string(),
+        new.v4_prefix.to_string(),
+    );
+    diff(
+        "v6-prefix",
+        old.v6_prefix.to_string(),
+        new.v6_prefix.to_string(),
+    );
+    diff(
+        "v4-agg-prefix",
+        old.v4_agg_prefix.to_string(),
+        new.v4_agg_prefix.to_string(),
+    );
+    diff(
+        "v6-agg-prefix",
+        old.v6_agg_prefix.to_string(),
+        new.v6_agg_prefix.to_string(),
+    );
+    out
+}
+
+/// Entry point of `monitor run`.
+pub fn run(flags: Layer, socket_flag: Option<PathBuf>, config: Option<PathBuf>) -> Result<()> {
+    let settings = Settings::resolve(&flags, socket_flag.as_deref(), config.as_deref())?;
+    logging::init(settings.log_format);
+    preflight::privileges()?;
+    preflight::interfaces(&settings)?;
+    preflight::bpffs(&settings.pin_path)?;
+    preflight::socket(&settings.socket)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(settings, flags, socket_flag))
+}
+
+fn remove_pins(pin_dir: &Path) {
+    attach::remove_link_pins(pin_dir);
+    Kernel::remove_pins(pin_dir);
+    let _ = std::fs::remove_dir(pin_dir);
+}
+
+fn create_parent(path: &Path, what: &str) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating the {what} directory {}", parent.display()))?;
+    }
+    Ok(())
+}
+
+/// Binds the control socket with mode 0600 from the start (umask), so there is no moment in
+/// which another user could connect.
+fn bind_socket(path: &Path) -> Result<UnixListener> {
+    create_parent(path, "socket")?;
+    // SAFETY: umask only changes this process's file-creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    unsafe { libc::umask(old) };
+    let listener =
+        bound.with_context(|| format!("binding the control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    Ok(listener)
+}
+
+async fn serve(settings: Settings, flags: Layer, socket_flag: Option<PathBuf>) -> Result<()> {
+    let _lock = preflight::lock_pin_path(&settings.pin_path)?;
+    let adopting = settings.pin_path.join(MAP_CONFIG).exists();
+    create_parent(&settings.db, "database")?;
+    let history = History::open(&settings.db)?;
+    let metrics_listener = match settings.metrics {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
+    let started = start(&settings, adopting);
+    let (writer, attachments, ring, reader, logger) = match started {
+        Ok(parts) => parts,
+        Err(e) => {
+            if !adopting {
+                remove_pins(&settings.pin_path);
+            }
+            return Err(e);
+        }
+    };
+    let listener = bind_socket(&settings.socket)?;
+    let metrics = Arc::new(Metrics::new());
+    let shared = Arc::new(Shared {
+        writer: Mutex::new(writer),
+        snapshot: RwLock::new(Arc::new(Snapshot::default())),
+        history: Arc::new(Mutex::new(history)),
+        metrics: metrics.clone(),
+        log_format: settings.log_format,
+        started_at: SystemTime::now(),
+        started: Instant::now(),
+        attachments,
+        settings: Mutex::new(settings.clone()),
+        flags,
+        socket_flag,
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(log_forwarder(logger));
+    let s = shared.clone();
+    tasks.spawn(async move {
+        if let Err(e) = events::run(ring, s).await {
+            error!("event reader stopped: {e:#}");
+        }
+    });
+    tasks.spawn(sample_loop(Sampler::new(reader), shared.clone()));
+    tasks.spawn(server::serve(listener, shared.clone()));
+    if let Some(listener) = metrics_listener {
+        info!(
+            "serving metrics on http://{}/metrics",
+            listener.local_addr()?
+        );
+        tasks.spawn(metrics::serve(listener, metrics));
+    }
+    info!(
+        "monitoring ports {:?} ({}) on {} with {} per source (burst {}), control socket {}",
+        settings.policy.ports,
+        settings.policy.proto,
+        settings.ifaces.join(", "),
+        settings.policy.rate,
+        settings.policy.burst,
+        settings.socket.display()
+    );
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: stopping"); break; }
+            _ = int.recv() => { info!("SIGINT: stopping"); break; }
+            _ = hup.recv() => {
+                if let Err(e) = shared.reload() {
+                    error!("SIGHUP reload failed, the running settings stay: {e:#}");
+                }
+            }
+        }
+    }
+    tasks.abort_all();
+    let _ = std::fs::remove_file(&settings.socket);
+    if settings.persist {
+        info!(
+            "--persist: the program stays attached and its state stays pinned under {}",
+            settings.pin_path.display()
+        );
+    } else {
+        remove_pins(&settings.pin_path);
+        info!(
+            "detached; pins under {} removed",
+            settings.pin_path.display()
+        );
+    }
+    // Exiting closes the remaining link descriptors, which detaches the program when nothing
+    // is pinned.
+    Ok(())
+}
+
+type Started = (
+    MapWriter,
+    Vec<Attachment>,
+    aya::maps::RingBuf<aya::maps::MapData>,
+    crate::kernel::TableReader,
+    EbpfLogger<&'static dyn log::Log>,
+);
+
+fn start(settings: &Settings, adopting: bool) -> Result<Started> {
+    let mut kernel = Kernel::load(&LoadOptions {
+        max_sources: settings.max_sources,
+        pin_dir: Some(settings.pin_path.clone()),
+    })?;
+    if adopting {
+        info!(
+            "adopted the maps pinned under {} (counters, bans and lists carry over)",
+            settings.pin_path.display()
+        );
+    }
+    let logger = EbpfLogger::init(kernel.ebpf_mut()).context("starting the kernel log reader")?;
+    let ring = kernel.take_events()?;
+    let reader = kernel.table_reader()?;
+    let mut writer = MapWriter::start(
+        kernel,
+        settings.policy.clone(),
+        &settings.allow,
+        &settings.deny,
+    )?;
+    let attachments = attach::attach_all(writer.kernel_mut(), settings)?;
+    Ok((writer, attachments, ring, reader, logger))
+}
+
+async fn log_forwarder(logger: EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns its ring buffer's descriptor for as long as the AsyncFd owns it.
+    let Ok(mut fd) = (unsafe { AsyncFd::register(logger) }) else {
+        warn!("kernel log records will not be forwarded");
+        return std::future::pending().await;
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return std::future::pending().await;
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}
+
+async fn sample_loop(mut sampler: Sampler, shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(sampler::INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_error_logged: Option<Instant> = None;
+    loop {
+        tick.tick().await;
+        let prefixes = {
+            let w = shared.writer();
+            let p = w.policy();
+            Prefixes {
+                v4: p.v4_prefix,
+                v6: p.v6_prefix,
+                v4_agg: p.v4_agg_prefix,
+                v6_agg: p.v6_agg_prefix,
+            }
+        };
+        let joined = tokio::task::spawn_blocking(move || {
+            let out = sampler.sample(prefixes);
+            (sampler, out)
+        })
+        .await;
+        let out;
+        (sampler, out) = match joined {
+            Ok(pair) => pair,
+            Err(e) => {
+                error!("sampler thread failed: {e}");
+                return;
+            }
+        };
+        let m = &shared.metrics;
+        match out {
+            Ok(out) => {
+                m.samples.inc();
+                m.last_sample_seconds.set(out.snapshot.took.as_secs_f64());
+                m.tracked_sources.set(out.snapshot.tracked_sources as i64);
+                m.tracked_aggregates
+                    .set(out.snapshot.tracked_aggregates as i64);
+                m.active_bans.set(out.snapshot.active_bans as i64);
+                *shared.snapshot.write().unwrap_or_else(|e| e.into_inner()) = out.snapshot;
+                shared.record_history(out.sightings).await;
+            }
+            Err(e) => {
+                m.sample_errors.inc();
+                if last_error_logged.is_none_or(|t| t.elapsed().as_secs() >= 60) {
+                    warn!("sampling the tables failed: {e:#}");
+                    last_error_logged = Some(Instant::now());
+                }
+            }
+        }
+        let counts = {
+            let w = shared.writer();
+            let k = w.kernel();
+            (
+                k.stats(),
+                k.list_entries(crate::kernel::List::Allow).map(|l| l.len()),
+                k.list_entries(crate::kernel::List::Deny).map(|l| l.len()),
+            )
+        };
+        if let (Ok(stats), Ok(allow), Ok(deny)) = counts {
+            m.observe_kernel(&stats);
+            m.set_list_entries(allow, deny);
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The daemon's log output: diagnostics (and forwarded kernel log records) to stderr, offender
+//! event lines to stdout, each either human-readable or one JSON object per line.
+
+use std::io::Write as _;
+
+use log::{LevelFilter, Log, Metadata, Record};
+
+use crate::config::LogFormat;
+
+struct Logger {
+    format: LogFormat,
+    level: LevelFilter,
+}
+
+impl Log for Logger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.level() <= self.level
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let time = crate::timefmt::rfc3339(std::time::SystemTime::now());
+        // Kernel records arrive through aya-log with the eBPF program's module path as target.
+        let origin = if record.target().starts_with("monitor_ebpf") {
+            "kernel"
+        } else {
+            "daemon"
+        };
+        let line = match self.format {
+            LogFormat::Text => format!("{time} {:5} {origin}: {}", record.level(), record.args()),
+            LogFormat::Json => serde_json::json!({
+                "time": time,
+                "level": record.level().as_str().to_ascii_lowercase(),
+                "origin": origin,
+                "message": record.args().to_string(),
+            })
+            .to_string(),
+        };
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the logger once; `MONITOR_LOG=debug` raises verbosity.
+pub fn init(format: LogFormat) {
+    let level = match std::env::var("MONITOR_LOG").ok().as_deref() {
+        Some("debug") => LevelFilter::Debug,
+        Some("trace") => LevelFilter::Trace,
+        Some("warn") => LevelFilter::Warn,
+        _ => LevelFilter::Info,
+    };
+    // Leaked once: the logger lives as long as the process.
+    let logger: &'static Logger = Box::leak(Box::new(Logger { format, level }));
+    if log::set_logger(logger).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+/// Writes one offender event line to stdout (flushed: these lines are what operators grep and
+/// what log shippers read).
+pub fn event_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}

@@ -1,0 +1,265 @@
+//! Prometheus metrics: the kernel's counters by reason, table occupancy, events, and the
+//! daemon's own health, served in the text exposition format by a small HTTP responder
+//! (`GET /metrics`; anything else gets 404). Off unless `--metrics ADDR` is given.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex, atomic::AtomicU64},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use monitor_common::stats::Stat;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
+
+use crate::kernel::Stats;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListLabel {
+    list: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    kernel: Family<ReasonLabel, Counter>,
+    kernel_seen: Mutex<Stats>,
+    pub tracked_sources: Gauge,
+    pub tracked_aggregates: Gauge,
+    pub active_bans: Gauge,
+    list_entries: Family<ListLabel, Gauge>,
+    pub events_received: Counter,
+    pub events_lost: Counter,
+    pub events_emitted: Counter,
+    pub samples: Counter,
+    pub sample_errors: Counter,
+    pub history_errors: Counter,
+    pub last_sample_seconds: Gauge<f64, AtomicU64>,
+    pub uptime_seconds: Gauge<f64, AtomicU64>,
+    pub control_requests: Counter,
+    pub control_errors: Counter,
+    started: Instant,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("monitor");
+        let m = Self {
+            kernel: Family::default(),
+            kernel_seen: Mutex::new(Stats::default()),
+            tracked_sources: Gauge::default(),
+            tracked_aggregates: Gauge::default(),
+            active_bans: Gauge::default(),
+            list_entries: Family::default(),
+            events_received: Counter::default(),
+            events_lost: Counter::default(),
+            events_emitted: Counter::default(),
+            samples: Counter::default(),
+            sample_errors: Counter::default(),
+            history_errors: Counter::default(),
+            last_sample_seconds: Gauge::default(),
+            uptime_seconds: Gauge::default(),
+            control_requests: Counter::default(),
+            control_errors: Counter::default(),
+            started: Instant::now(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "kernel_packets",
+            "Packets counted by the kernel program, by reason (seen, monitored, passed, dropped, dropped_rate, ...)",
+            m.kernel.clone(),
+        );
+        registry.register(
+            "tracked_sources",
+            "Sources in the kernel's table at the last sample",
+            m.tracked_sources.clone(),
+        );
+        registry.register(
+            "tracked_aggregates",
+            "Aggregate prefixes in the kernel's table at the last sample",
+            m.tracked_aggregates.clone(),
+        );
+        registry.register(
+            "active_bans",
+            "Bans in force at the last sample",
+            m.active_bans.clone(),
+        );
+        registry.register(
+            "list_entries",
+            "Entries in the allow and deny lists",
+            m.list_entries.clone(),
+        );
+        registry.register(
+            "events_emitted",
+            "Offender events the kernel put in the ring buffer",
+            m.events_emitted.clone(),
+        );
+        registry.register(
+            "events_lost",
+            "Offender events the kernel lost to a full ring buffer",
+            m.events_lost.clone(),
+        );
+        registry.register(
+            "events_received",
+            "Offender events the daemon read and logged",
+            m.events_received.clone(),
+        );
+        registry.register("samples", "Table samples taken", m.samples.clone());
+        registry.register(
+            "sample_errors",
+            "Table samples that failed",
+            m.sample_errors.clone(),
+        );
+        registry.register(
+            "history_write_errors",
+            "Failed writes to the offender database",
+            m.history_errors.clone(),
+        );
+        registry.register(
+            "last_sample_duration_seconds",
+            "How long the last table sample took",
+            m.last_sample_seconds.clone(),
+        );
+        registry.register(
+            "uptime_seconds",
+            "Seconds since the daemon started",
+            m.uptime_seconds.clone(),
+        );
+        registry.register(
+            "control_requests",
+            "Control-socket requests handled",
+            m.control_requests.clone(),
+        );
+        registry.register(
+            "control_errors",
+            "Control-socket requests answered with an error",
+            m.control_errors.clone(),
+        );
+        for stat in Stat::ALL {
+            // Every reason shows from the first scrape, zero or not.
+            drop(m.kernel.get_or_create(&ReasonLabel {
+                reason: stat.label(),
+            }));
+        }
+        Self { registry, ..m }
+    }
+
+    /// Brings the kernel counters up to `stats` (the kernel's are absolute; ours only grow).
+    pub fn observe_kernel(&self, stats: &Stats) {
+        let mut seen = self.kernel_seen.lock().unwrap_or_else(|e| e.into_inner());
+        for stat in Stat::ALL {
+            let delta = stats.get(*stat).saturating_sub(seen.get(*stat));
+            if delta > 0 {
+                self.kernel
+                    .get_or_create(&ReasonLabel {
+                        reason: stat.label(),
+                    })
+                    .inc_by(delta);
+            }
+        }
+        let emitted = stats
+            .get(Stat::EventsSent)
+            .saturating_sub(seen.get(Stat::EventsSent));
+        let lost = stats
+            .get(Stat::EventsLost)
+            .saturating_sub(seen.get(Stat::EventsLost));
+        self.events_emitted.inc_by(emitted);
+        self.events_lost.inc_by(lost);
+        *seen = *stats;
+    }
+
+    pub fn set_list_entries(&self, allow: usize, deny: usize) {
+        self.list_entries
+            .get_or_create(&ListLabel { list: "allow" })
+            .set(allow as i64);
+        self.list_entries
+            .get_or_create(&ListLabel { list: "deny" })
+            .set(deny as i64);
+    }
+
+    pub fn render(&self) -> String {
+        self.uptime_seconds
+            .set(self.started.elapsed().as_secs_f64());
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Binds the metrics listener (so a bad address fails the start, not later).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics listener on {addr}"))
+}
+
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(10), respond(stream, &metrics)).await;
+        });
+    }
+}
+
+/// Reads one request head (bounded) and answers it; the connection then closes.
+async fn respond(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 || head.len() + n > 16 * 1024 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|b| *b == b' ');
+    let (method, path) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let path = path.split(|b| *b == b'?').next().unwrap_or_default();
+    let (status, ctype, body) = match (method, path) {
+        (b"GET", b"/metrics") => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.render(),
+        ),
+        (b"GET", _) => ("404 Not Found", "text/plain", "try /metrics\n".to_string()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_string(),
+        ),
+    };
+    let reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(reply.as_bytes()).await?;
+    stream.shutdown().await
+}
