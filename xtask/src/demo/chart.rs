@@ -58,12 +58,14 @@ pub fn draw(path: &Path, runs: &[RunSeries]) -> anyhow::Result<()> {
                 .margin(6)
                 .x_label_area_size(30)
                 .y_label_area_size(44)
-                .build_cartesian_2d(0..xmax, 0..ymax)
+                .build_cartesian_2d(0f64..xmax as f64, 0f64..ymax as f64)
                 .map_err(err)?;
             chart
                 .configure_mesh()
                 .x_desc("s")
                 .x_labels(7)
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_label_formatter(&|y| format!("{y:.0}"))
                 .y_labels(4)
                 .max_light_lines(0)
                 .label_style(("sans-serif", 10))
@@ -73,7 +75,7 @@ pub fn draw(path: &Path, runs: &[RunSeries]) -> anyhow::Result<()> {
                 let points = series
                     .iter()
                     .enumerate()
-                    .map(|(i, &(s, d))| (i as u64, if pick == 0 { s } else { d }));
+                    .map(|(i, &(s, d))| (i as f64, (if pick == 0 { s } else { d }) as f64));
                 chart
                     .draw_series(LineSeries::new(points, color.stroke_width(2)))
                     .map_err(err)?;
@@ -83,4 +85,34 @@ pub fn draw(path: &Path, runs: &[RunSeries]) -> anyhow::Result<()> {
     root.present()
         .map_err(err)
         .with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_both_runs_with_any_values() {
+        let series = |f: fn(u64) -> (u64, u64)| RunSeries {
+            title: "run".into(),
+            classes: Class::ALL.map(|c| (c, (0..12).map(f).collect())).to_vec(),
+        };
+        let runs = [
+            series(|i| (3000 + i, 0)),
+            series(|i| (i % 3, 20 - i)),
+            series(|_| (0, 0)),
+            series(|i| (u64::from(u32::MAX) * i, 7)),
+        ];
+        let path = std::env::temp_dir().join(format!("demo-chart-{}.svg", std::process::id()));
+        draw(&path, &runs).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(svg.starts_with("<svg"));
+        assert!(svg.contains("legit - run") && svg.contains("low-and-slow - run"));
+        assert!(
+            svg.len() < 200_000,
+            "the chart stays small: {} bytes",
+            svg.len()
+        );
+    }
 }

@@ -91,6 +91,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     check_interrupted()?;
     sweep_stale();
     let names = Names::new(&std::process::id().to_string());
+    clean_up_on_panic(&names);
     let result = run_world(&args, &names, &bin, stop);
     if result.is_err() || !args.keep {
         // Belt and braces: the guards have removed everything already; this catches what a
@@ -104,6 +105,18 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         writeln!(out, "{json}")?;
     }
     Ok(())
+}
+
+/// The workspace builds with `panic = "abort"`, so no destructor runs after a panic (ours or a
+/// dependency's). The panic hook still runs before the abort: it removes this run's world.
+fn clean_up_on_panic(names: &Names) {
+    let names = names.clone();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        eprintln!("demo: removing what this run created before aborting");
+        world::sweep(&names);
+    }));
 }
 
 fn check_interrupted() -> anyhow::Result<()> {
