@@ -35,10 +35,15 @@ impl Daemon {
     }
 
     /// Starts `monitor run` in the API namespace and waits until its socket answers.
-    pub fn start(bin: &Path, names: &Names, attach: &str) -> anyhow::Result<Self> {
+    pub fn start(
+        bin: &Path,
+        names: &Names,
+        attach: &str,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         let dir = names.run_dir();
         let socket = names.socket();
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "run",
             "--iface",
             API_IFACE,
@@ -58,6 +63,7 @@ impl Daemon {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        args.extend(extra.iter().cloned());
         let log = dir.join("daemon.log");
         let log_file =
             fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;

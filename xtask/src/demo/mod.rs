@@ -76,6 +76,10 @@ pub struct DemoArgs {
     /// Remove every world left by `--keep` or by an interrupted run, then exit.
     #[arg(long)]
     teardown: bool,
+    /// For measuring other defaults only: an extra `monitor run` argument (repeatable). The
+    /// report then says plainly that the monitor did not run with its defaults.
+    #[arg(long = "monitor-arg", hide = true, allow_hyphen_values = true)]
+    monitor_args: Vec<String>,
 }
 
 /// Set by SIGINT/SIGTERM; every stage checks it and unwinds through the normal clean-up.
@@ -332,6 +336,7 @@ fn run_both(ctx: &Ctx) -> anyhow::Result<(Report, Option<Daemon>)> {
         duration_s: args.duration,
         attach: format!("{:?}", args.attach).to_lowercase(),
         daemon_command: None,
+        daemon_defaults: true,
         without: None,
         with: None,
         attackers: Vec::new(),
@@ -366,9 +371,10 @@ fn run_both(ctx: &Ctx) -> anyhow::Result<(Report, Option<Daemon>)> {
         let attach = format!("{:?}", args.attach).to_lowercase();
         let d = util::step(
             "starting the monitor daemon in front of the service",
-            || Daemon::start(ctx.bin, ctx.names, &attach),
+            || Daemon::start(ctx.bin, ctx.names, &attach, &args.monitor_args),
         )?;
         report.daemon_command = Some(d.command_line());
+        report.daemon_defaults = args.monitor_args.is_empty();
         let (run, tally) = run_once(ctx, "with", Some((&d, &mut report)))?;
         report.legit_lost = Some(run.legit.dropped);
         report.low_and_slow.resolved_with = Some(run.low_and_slow.resolved);

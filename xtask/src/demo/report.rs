@@ -61,6 +61,8 @@ pub struct Report {
     pub duration_s: u64,
     pub attach: String,
     pub daemon_command: Option<String>,
+    /// False when extra `monitor run` flags were given (measuring other defaults).
+    pub daemon_defaults: bool,
     pub without: Option<RunReport>,
     pub with: Option<RunReport>,
     /// The loud and distributed scrapers' sources as the monitor keys them by default.
@@ -117,7 +119,12 @@ impl Report {
             self.duration_s, self.seed, self.attach
         );
         if let Some(cmd) = &self.daemon_command {
-            let _ = writeln!(o, "daemon: {cmd}   (documented defaults otherwise)");
+            let note = if self.daemon_defaults {
+                "(documented defaults otherwise)"
+            } else {
+                "(NOT the defaults: extra flags given with --monitor-arg)"
+            };
+            let _ = writeln!(o, "daemon: {cmd}   {note}");
         }
         let _ = writeln!(
             o,
