@@ -198,7 +198,7 @@ impl Tally {
 
     /// Records an outcome at the moment it became known (an answer, or the timeout), so the
     /// per-second progress line is final as soon as its second is over.
-    fn record(&self, class: Class, unit: usize, outcome: Outcome) {
+    fn record(&self, class: Class, unit: usize, started: Instant, outcome: Outcome) {
         let at = self.start.elapsed();
         let slot = self.slot(class, at.as_secs() as usize);
         let served = !matches!(outcome, Outcome::Dropped);
@@ -210,7 +210,8 @@ impl Tally {
         if matches!(outcome, Outcome::Found) {
             self.resolved[class.index()].fetch_add(1, Ordering::Relaxed);
         }
-        let at_ns = at.as_nanos() as u64;
+        // Time to stop counts from when the refused request was sent, not from its timeout.
+        let at_ns = started.saturating_duration_since(self.start).as_nanos() as u64;
         if let Some(u) = self.units.get(unit) {
             u.record(at_ns, served);
             if let Some(g) = u.group.and_then(|g| self.units.get(g)) {
@@ -544,6 +545,7 @@ async fn worker(w: Worker, tally: Arc<Tally>, deadline: tokio::time::Instant) {
         };
         let target = format!("{LOOKUP_PATH}?phone={}", service::phone(number));
         // No request outlives the run: the last ones are cut at the deadline.
+        let started = now.into_std();
         let limit = w.timeout.min(deadline.saturating_duration_since(now));
         let result = tokio::time::timeout(
             limit,
@@ -567,7 +569,7 @@ async fn worker(w: Worker, tally: Arc<Tally>, deadline: tokio::time::Instant) {
         };
         // A request still waiting when the run ends was neither served nor dropped.
         if !cut_by_deadline {
-            tally.record(w.class, w.unit, outcome);
+            tally.record(w.class, w.unit, started, outcome);
         }
     }
 }
