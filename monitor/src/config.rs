@@ -628,7 +628,8 @@ mod tests {
 
     #[test]
     fn invalid_values_are_refused_with_one_line() {
-        let cases: Vec<Box<dyn Fn(&mut Layer)>> = vec![
+        type Case = Box<dyn Fn(&mut Layer)>;
+        let cases: Vec<Case> = vec![
             Box::new(|l| l.v4_prefix = Some(33)),
             Box::new(|l| l.v6_agg_prefix = Some(0)),
             Box::new(|l| l.burst = Some(0)),
