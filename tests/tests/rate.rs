@@ -517,6 +517,24 @@ fn test_run_raw(prog_fd: i32, frame: &[u8], repeat: u32) {
     );
 }
 
+/// The CPUs this process may run on (a container may not start at CPU 0).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: plain libc calls on a zeroed cpu_set_t for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let rc = libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_getaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|cpu| libc::CPU_ISSET(*cpu, &set))
+            .collect()
+    }
+}
+
 fn pin_to_cpu(cpu: usize) {
     // SAFETY: plain libc calls on a zeroed cpu_set_t for the calling thread.
     unsafe {
@@ -533,14 +551,14 @@ fn pin_to_cpu(cpu: usize) {
 }
 
 /// Runs `frame` `per_cpu` times on each of two CPUs at once through `hook`.
-fn on_two_cpus(k: &mut Loaded, hook: Hook, frame: &[u8], per_cpu: u32) {
+fn on_two_cpus(k: &mut Loaded, hook: Hook, frame: &[u8], per_cpu: u32, cpus: [usize; 2]) {
     let fd = match hook {
         Hook::Xdp => k.kernel.xdp().unwrap().fd().unwrap().as_fd().as_raw_fd(),
         Hook::Tc => k.kernel.tc().unwrap().fd().unwrap().as_fd().as_raw_fd(),
     };
     let start = Barrier::new(2);
     std::thread::scope(|scope| {
-        for cpu in 0..2 {
+        for cpu in cpus {
             let start = &start;
             scope.spawn(move || {
                 pin_to_cpu(cpu);
@@ -561,11 +579,11 @@ fn one_source_on_two_cpus_at_once_never_overspends() {
     // A burst that does not refill within the test, as large as one CPU's share, so the CPUs
     // are still racing for tokens well after both have started.
     const BURST: u64 = PER_CPU as u64;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cpus < 2 {
-        println!("skipped: needs two CPUs, this machine has {cpus}");
+    let allowed = allowed_cpus();
+    let [a, b, ..] = allowed[..] else {
+        println!("skipped: needs two CPUs, this process may use {allowed:?}");
         return;
-    }
+    };
     let mut k = Loaded::new(Config {
         source: per_minute(1, BURST),
         ..Config::default()
@@ -578,7 +596,7 @@ fn one_source_on_two_cpus_at_once_never_overspends() {
         };
         let frame = Frame::request(src, LOOKUP_PORT).build();
         let before = k.stats();
-        on_two_cpus(&mut k, hook, &frame, PER_CPU);
+        on_two_cpus(&mut k, hook, &frame, PER_CPU, [a, b]);
         let after = k.stats();
         let admitted = delta(&before, &after, Stat::Passed);
         let exhausted = delta(&before, &after, Stat::CasExhausted);
