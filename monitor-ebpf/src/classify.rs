@@ -149,7 +149,7 @@ fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: u64) -> Verdi
             // No bucket: a new source, or one a flood evicted. Its ban, if any, is in MON_BANS.
             let ban_until = policy::stored_ban(&key, now);
             if ban_until != 0 {
-                insert_new(&MON_SOURCES, &key, &cfg.source, now, ban_until);
+                policy::restore_banned_bucket(&key, ban_until, request);
                 return over_limit(cfg, Stat::DroppedBan);
             }
             if !request {
@@ -157,7 +157,7 @@ fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: u64) -> Verdi
                 return Verdict::Pass;
             }
             count(Stat::Requests);
-            insert_new(&MON_SOURCES, &key, &cfg.source, now, 0)
+            insert_new(&MON_SOURCES, &key, &cfg.source, now)
         }
     };
 

@@ -11,7 +11,7 @@ use crate::{atomic, maps::count};
 /// The verifier needs the retry loop bounded anyway.
 const CAS_ATTEMPTS: usize = 4;
 
-const BPF_NOEXIST: u64 = 1;
+pub const BPF_NOEXIST: u64 = 1;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Charge {
@@ -55,7 +55,7 @@ pub fn charge_key(
     if let Some(bucket) = map.get_ptr_mut(key) {
         return (charge_bucket(bucket, limit, now), Some(bucket));
     }
-    insert_new(map, key, limit, now, 0)
+    insert_new(map, key, limit, now)
 }
 
 /// Creates a bucket for a key seen for the first time, whose first request is admitted. If
@@ -66,11 +66,10 @@ pub fn insert_new(
     key: &AddrKey,
     limit: &Limit,
     now: u64,
-    ban_until_ns: u64,
 ) -> (Charge, Option<*mut Bucket>) {
     let fresh = Bucket {
         tat_ns: limit.first(now),
-        ban_until_ns,
+        ban_until_ns: 0,
         last_event_ns: 0,
         requests: 1,
         refused: 0,

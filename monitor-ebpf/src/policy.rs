@@ -10,7 +10,8 @@ use monitor_common::{
 
 use crate::{
     atomic,
-    maps::{MON_ALLOW, MON_BANS, MON_DENY, MON_EVENTS, count},
+    limit::BPF_NOEXIST,
+    maps::{MON_ALLOW, MON_BANS, MON_DENY, MON_EVENTS, MON_SOURCES, count},
 };
 
 /// Events per key are spaced at least this far apart.
@@ -62,6 +63,23 @@ pub fn stored_ban(key: &AddrKey, now: u64) -> u64 {
         }
         None => 0,
     }
+}
+
+/// Re-creates the bucket of a banned key that has none (new, or evicted by a flood) with the
+/// ban copied in, so its next packets cost one lookup. The packet in hand is refused, so it is
+/// counted as refused if it is a request and charged to nothing: banned traffic never spends
+/// budget. If another CPU re-created the bucket first, that one stands.
+#[inline(always)]
+pub fn restore_banned_bucket(key: &AddrKey, until_ns: u64, request: bool) {
+    let refused = request as u64;
+    let bucket = Bucket {
+        tat_ns: 0,
+        ban_until_ns: until_ns,
+        last_event_ns: 0,
+        requests: refused,
+        refused,
+    };
+    let _ = MON_SOURCES.insert(key, bucket, BPF_NOEXIST);
 }
 
 /// Starts a ban: stores it where floods cannot evict it and copies it into the bucket.

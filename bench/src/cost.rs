@@ -1,0 +1,283 @@
+//! Part 1: the program's own cost per packet, with BPF_PROG_TEST_RUN `repeat`, next to the
+//! trivial XDP_PASS and XDP_DROP programs in the same run. Cases are alternated inside every
+//! round, so drift (other work on the machine) spreads over all of them.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use anyhow::Context as _;
+use aya::programs::{TestRun as _, TestRunOptions};
+use monitor::kernel::{Kernel, LoadOptions};
+use monitor_common::{
+    addr::AddrKey,
+    config::{Config, count_mode, port_flags},
+    maps::{Bucket, MAP_SOURCES},
+    rate::{Limit, NANOS_PER_SEC},
+};
+
+use crate::{
+    fill,
+    frames::{self, L4},
+    progs::Bench,
+    stats::{Summary, summarize},
+};
+
+pub const PORT: u16 = 8443;
+const OTHER_PORT: u16 = 9999;
+const HTTP_REQ: &[u8] = b"GET /1.1/contacts/lookup?phone=15551234567 HTTP/1.1\r\nHost: api\r\n\r\n";
+
+/// Admits everything: 1 ns per request with ~18 minutes of tolerance.
+pub fn admit_all() -> Limit {
+    Limit::new(NANOS_PER_SEC, NANOS_PER_SEC, 1 << 40).expect("limit")
+}
+
+/// One request per hour, burst 1: a source whose bucket is in the future is always refused.
+pub fn refuse_all() -> Limit {
+    Limit::new(1, 3600 * NANOS_PER_SEC, 1).expect("limit")
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Prog {
+    TrivialPass,
+    TrivialDrop,
+    MonitorXdp,
+    MonitorTc,
+}
+
+struct Case {
+    name: &'static str,
+    prog: Prog,
+    /// Counting mode and limit the case needs.
+    mode: u8,
+    frame: Vec<u8>,
+    /// Expected return value (XDP: 1 drop, 2 pass; TC: 0 ok, 2 shot).
+    expect: u32,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CostResult {
+    /// case -> tracked sources -> ns per packet
+    pub ns: BTreeMap<String, BTreeMap<u32, Summary>>,
+    pub repeat: u32,
+    pub rounds: usize,
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+pub fn run(sources: &[u32], rounds: usize, repeat: u32) -> anyhow::Result<CostResult> {
+    let v4_pass = ip("10.127.0.1");
+    let v4_drop = ip("10.127.0.2");
+    let v6_pass = ip("2001:db8:ffff:1::1");
+    let v6_drop = ip("2001:db8:ffff:2::1");
+    let d4 = ip("192.0.2.1");
+    let d6 = ip("2001:db8::1");
+    let pl = [0u8; 18];
+    let f = |src, dst, vlan, l4, port, payload: &[u8]| {
+        frames::build(src, dst, vlan, l4, port, payload).bytes
+    };
+    use Prog::*;
+    let cases = vec![
+        Case {
+            name: "trivial XDP_PASS",
+            prog: TrivialPass,
+            mode: count_mode::PACKETS,
+            frame: f(v4_pass, d4, None, L4::Udp, PORT, &pl),
+            expect: 2,
+        },
+        Case {
+            name: "trivial XDP_DROP",
+            prog: TrivialDrop,
+            mode: count_mode::PACKETS,
+            frame: f(v4_pass, d4, None, L4::Udp, PORT, &pl),
+            expect: 1,
+        },
+        Case {
+            name: "not monitored (other port)",
+            prog: MonitorXdp,
+            mode: count_mode::PAYLOAD,
+            frame: f(v4_pass, d4, None, L4::Udp, OTHER_PORT, &pl),
+            expect: 2,
+        },
+        Case {
+            name: "IPv4 UDP monitored pass",
+            prog: MonitorXdp,
+            mode: count_mode::PAYLOAD,
+            frame: f(v4_pass, d4, None, L4::Udp, PORT, &pl),
+            expect: 2,
+        },
+        Case {
+            name: "IPv4 UDP rate drop",
+            prog: MonitorXdp,
+            mode: count_mode::PAYLOAD,
+            frame: f(v4_drop, d4, None, L4::Udp, PORT, &pl),
+            expect: 1,
+        },
+        Case {
+            name: "IPv6 UDP monitored pass",
+            prog: MonitorXdp,
+            mode: count_mode::PAYLOAD,
+            frame: f(v6_pass, d6, None, L4::Udp, PORT, &pl),
+            expect: 2,
+        },
+        Case {
+            name: "IPv6 UDP rate drop",
+            prog: MonitorXdp,
+            mode: count_mode::PAYLOAD,
+            frame: f(v6_drop, d6, None, L4::Udp, PORT, &pl),
+            expect: 1,
+        },
+        Case {
+            name: "VLAN IPv4 UDP monitored pass",
+            prog: MonitorXdp,
+            mode: count_mode::PAYLOAD,
+            frame: f(v4_pass, d4, Some(100), L4::Udp, PORT, &pl),
+            expect: 2,
+        },
+        Case {
+            name: "VLAN IPv4 UDP rate drop",
+            prog: MonitorXdp,
+            mode: count_mode::PAYLOAD,
+            frame: f(v4_drop, d4, Some(100), L4::Udp, PORT, &pl),
+            expect: 1,
+        },
+        Case {
+            name: "IPv4 TCP SYN monitored pass (syn mode)",
+            prog: MonitorXdp,
+            mode: count_mode::SYN,
+            frame: f(v4_pass, d4, None, L4::Syn, PORT, &[]),
+            expect: 2,
+        },
+        Case {
+            name: "IPv4 TCP http request pass (http mode)",
+            prog: MonitorXdp,
+            mode: count_mode::HTTP,
+            frame: f(v4_pass, d4, None, L4::Data, PORT, HTTP_REQ),
+            expect: 2,
+        },
+        Case {
+            name: "IPv4 TCP http request drop (http mode)",
+            prog: MonitorXdp,
+            mode: count_mode::HTTP,
+            frame: f(v4_drop, d4, None, L4::Data, PORT, HTTP_REQ),
+            expect: 1,
+        },
+        Case {
+            name: "TC IPv4 UDP monitored pass",
+            prog: MonitorTc,
+            mode: count_mode::PAYLOAD,
+            frame: f(v4_pass, d4, None, L4::Udp, PORT, &pl),
+            expect: 0,
+        },
+        Case {
+            name: "TC IPv4 UDP rate drop",
+            prog: MonitorTc,
+            mode: count_mode::PAYLOAD,
+            frame: f(v4_drop, d4, None, L4::Udp, PORT, &pl),
+            expect: 2,
+        },
+    ];
+
+    let max = *sources.iter().max().unwrap_or(&1);
+    let mut kernel = Kernel::load(&LoadOptions {
+        max_sources: max.max(16),
+        pin_dir: None,
+    })
+    .context("loading the monitor object (bench needs root)")?;
+    kernel.set_port(PORT, port_flags::TCP | port_flags::UDP)?;
+    let mut bench = Bench::load()?;
+
+    // Everyone except the drop sources can always pass; the drop sources' buckets sit an hour
+    // in the future under a one-per-hour limit, so each of their requests is refused.
+    let far = Bucket {
+        tat_ns: u64::MAX / 4,
+        ..Default::default()
+    };
+    let key = |a: IpAddr, prefix_v6: bool| match a {
+        IpAddr::V4(v) => AddrKey::from_v4(v.octets()),
+        IpAddr::V6(v) => {
+            let mut o = v.octets();
+            if prefix_v6 {
+                o[8..].fill(0);
+            }
+            AddrKey::from_v6(o)
+        }
+    };
+    let measured = [
+        (key(v4_pass, false), Bucket::default()),
+        (key(v6_pass, true), Bucket::default()),
+        (key(v4_drop, false), far),
+        (key(v6_drop, true), far),
+    ];
+    let fd = fill::map_fd(kernel.ebpf_mut().map(MAP_SOURCES).context("MON_SOURCES")?)?;
+    fill::update_all(fd, &measured).context("writing the measured sources")?;
+
+    let mut ns: BTreeMap<String, BTreeMap<u32, Summary>> = BTreeMap::new();
+    let mut filled = measured.len() as u32;
+    let mut sorted = sources.to_vec();
+    sorted.sort();
+    for &n in &sorted {
+        // Pre-fill the rest of the table with distinct sources that would pass.
+        if n > filled {
+            let extra: Vec<(AddrKey, Bucket)> = (filled..n)
+                .map(|i| {
+                    (
+                        fill::v4_source(i),
+                        Bucket {
+                            tat_ns: 1,
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect();
+            fill::update_all(fd, &extra).context("pre-filling the source table")?;
+            filled = n;
+        }
+        let tracked = monitor::batch::read_all::<AddrKey, Bucket>(fd)
+            .map(|v| v.len())
+            .unwrap_or(0);
+        eprintln!("bench: program cost with {n} tracked sources (table holds {tracked})");
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+        for _ in 0..rounds {
+            for (ci, case) in cases.iter().enumerate() {
+                let limit = if case.expect == 1 || (case.prog == MonitorTc && case.expect == 2) {
+                    refuse_all()
+                } else {
+                    admit_all()
+                };
+                let cfg = Config {
+                    source: limit,
+                    count_mode: case.mode,
+                    ..Config::default()
+                };
+                kernel.set_config(&cfg)?;
+                let opts = TestRunOptions {
+                    data_in: Some(&case.frame),
+                    repeat,
+                    ..TestRunOptions::new()
+                };
+                let r = match case.prog {
+                    TrivialPass => bench.prog("bench_pass")?.test_run(opts),
+                    TrivialDrop => bench.prog("bench_drop")?.test_run(opts),
+                    MonitorXdp => kernel.xdp()?.test_run(opts),
+                    MonitorTc => kernel.tc()?.test_run(opts),
+                }
+                .with_context(|| format!("BPF_PROG_TEST_RUN of {}", case.name))?;
+                anyhow::ensure!(
+                    r.return_value == case.expect,
+                    "{} returned {} (expected {})",
+                    case.name,
+                    r.return_value,
+                    case.expect
+                );
+                samples[ci].push(r.duration.as_nanos() as f64);
+            }
+        }
+        for (ci, case) in cases.iter().enumerate() {
+            ns.entry(case.name.to_string())
+                .or_default()
+                .insert(n, summarize(&samples[ci]));
+        }
+    }
+    Ok(CostResult { ns, repeat, rounds })
+}

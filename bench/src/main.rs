@@ -1,0 +1,273 @@
+//! `monitor-bench`: the benchmark behind `cargo xtask bench`. Runs every part in one process
+//! (so the ratios come from one run on one machine), prints progress and a table per part,
+//! and writes BENCHMARKS.md, `target/bench/summary.json` and `target/bench/results.json`.
+
+mod accuracy;
+mod control;
+mod cost;
+mod fill;
+mod filters;
+mod frames;
+mod net;
+mod progs;
+mod report;
+mod stats;
+mod sys;
+mod throughput;
+mod traffic_gen;
+
+use std::{path::PathBuf, time::Instant};
+
+use anyhow::Context as _;
+use aya::programs::xdp::XdpMode;
+use clap::Parser;
+
+use crate::{
+    filters::Filter,
+    throughput::{Plan, Regime, Traffic},
+};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks the monitor against trivial programs, nftables and iptables")]
+struct Args {
+    /// Reduced run: one repetition, 1 and 1,000,000 sources only (under 3 minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Where BENCHMARKS.md goes.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    markdown: PathBuf,
+    /// Where summary.json and results.json go.
+    #[arg(long, default_value = "target/bench")]
+    out_dir: PathBuf,
+    /// The `monitor` binary for the control-plane part [default: next to this one].
+    #[arg(long)]
+    monitor: Option<PathBuf>,
+    /// Run only these parts (cost, throughput, accuracy, control); default all.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(&args) {
+        eprintln!("bench: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn wants(args: &Args, part: &str) -> bool {
+    args.only.is_empty() || args.only.iter().any(|p| p == part)
+}
+
+const ALL_FILTERS: [Filter; 8] = [
+    Filter::NoFilter,
+    Filter::TrivialDrop,
+    Filter::NftNetdev,
+    Filter::NftInet,
+    Filter::Iptables,
+    Filter::XdpNative,
+    Filter::XdpGeneric,
+    Filter::Tc,
+];
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    anyhow::ensure!(
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            >= 2,
+        "the benchmark pins the generator and the receiver to two different CPUs: it needs at least 2"
+    );
+    net::remove_stale();
+    let mut all = report::All {
+        quick: args.quick,
+        machine: report::Machine::probe(),
+        ..Default::default()
+    };
+    let q = args.quick;
+    let sources: Vec<u32> = if q {
+        vec![1, 1_000_000]
+    } else {
+        vec![1, 10_000, 1_000_000]
+    };
+
+    if wants(args, "cost") {
+        eprintln!("bench: part 1/5: program cost (BPF_PROG_TEST_RUN repeat)");
+        let (rounds, repeat) = if q { (3, 200_000) } else { (5, 500_000) };
+        all.cost = Some(cost::run(&sources, rounds, repeat)?);
+    }
+
+    let mut bench = progs::Bench::load()?;
+    let warm_passes = if q { 2 } else { 3 };
+    if wants(args, "throughput") || wants(args, "control") {
+        let t = net::Topology::new("t", 1)?;
+        // The generator stays attached to an idle veth: live-frames runs then skip an RCU wait.
+        net::within(&t.gen_ns, || {
+            Ok(bench
+                .prog("bench_gen")?
+                .attach(&t.idle_if, XdpMode::Driver)?)
+        })
+        .context("attaching the generator to its idle veth")?;
+        if wants(args, "throughput") {
+            eprintln!(
+                "bench: part 2/5 and 4/5: throughput and memory (every configuration, alternated)"
+            );
+            let regimes: Vec<Regime> = sources
+                .iter()
+                .flat_map(|&n| {
+                    if n >= 1_000_000 {
+                        vec![
+                            Regime {
+                                sources: n,
+                                warm: false,
+                            },
+                            Regime {
+                                sources: n,
+                                warm: true,
+                            },
+                        ]
+                    } else {
+                        vec![Regime {
+                            sources: n,
+                            warm: false,
+                        }]
+                    }
+                })
+                .collect();
+            let one_and_warm = vec![
+                Regime {
+                    sources: 1,
+                    warm: false,
+                },
+                Regime {
+                    sources: 1_000_000,
+                    warm: true,
+                },
+            ];
+            let peers_and_ours = vec![
+                Filter::TrivialDrop,
+                Filter::NftNetdev,
+                Filter::NftInet,
+                Filter::Iptables,
+                Filter::XdpNative,
+            ];
+            let plans = if q {
+                vec![
+                    Plan {
+                        traffic: Traffic::V4Udp,
+                        filters: ALL_FILTERS.to_vec(),
+                        regimes,
+                        reps: 1,
+                    },
+                    Plan {
+                        traffic: Traffic::V6Udp,
+                        filters: vec![
+                            Filter::TrivialDrop,
+                            Filter::NftNetdev,
+                            Filter::Iptables,
+                            Filter::XdpNative,
+                        ],
+                        regimes: vec![Regime {
+                            sources: 1,
+                            warm: false,
+                        }],
+                        reps: 1,
+                    },
+                ]
+            } else {
+                vec![
+                    Plan {
+                        traffic: Traffic::V4Udp,
+                        filters: ALL_FILTERS.to_vec(),
+                        regimes,
+                        reps: 3,
+                    },
+                    Plan {
+                        traffic: Traffic::V6Udp,
+                        filters: peers_and_ours.clone(),
+                        regimes: one_and_warm.clone(),
+                        reps: 1,
+                    },
+                    Plan {
+                        traffic: Traffic::V4Syn,
+                        filters: peers_and_ours.clone(),
+                        regimes: one_and_warm.clone(),
+                        reps: 1,
+                    },
+                    Plan {
+                        traffic: Traffic::V6Syn,
+                        filters: peers_and_ours,
+                        regimes: vec![Regime {
+                            sources: 1,
+                            warm: false,
+                        }],
+                        reps: 1,
+                    },
+                ]
+            };
+            let frames = if q { 2_000_000 } else { 3_000_000 };
+            all.throughput = Some(throughput::run(
+                &t,
+                &mut bench,
+                &plans,
+                frames,
+                200_000.0,
+                warm_passes,
+                3,
+            )?);
+        }
+        if wants(args, "control") {
+            eprintln!(
+                "bench: part 5/5: control plane (`monitor run` with 1,000,000 tracked sources)"
+            );
+            let bin = match &args.monitor {
+                Some(p) => p.clone(),
+                None => std::env::current_exe()?.with_file_name("monitor"),
+            };
+            let work = args.out_dir.join("control");
+            match control::run(
+                &t,
+                &mut bench,
+                &bin,
+                &work,
+                if q { 3.0 } else { 6.0 },
+                warm_passes,
+            ) {
+                Ok(c) => all.control = Some(c),
+                Err(e) => {
+                    eprintln!("bench: control plane not measured: {e:#}");
+                    all.control_error = Some(format!("{e:#}"));
+                }
+            }
+        }
+    }
+    if wants(args, "accuracy") {
+        eprintln!("bench: part 3/5: accuracy (one source over two CPUs)");
+        let t = net::Topology::new("q", 2)?;
+        net::within(&t.gen_ns, || {
+            Ok(bench
+                .prog("bench_gen")?
+                .attach(&t.idle_if, XdpMode::Driver)?)
+        })
+        .context("attaching the generator to its idle veth")?;
+        all.accuracy = Some(accuracy::run(
+            &t,
+            &mut bench,
+            if q { 1.0 } else { 2.0 },
+            if q { 1 } else { 2 },
+        )?);
+    }
+
+    all.machine.load_after = report::load();
+    all.seconds = started.elapsed().as_secs_f64();
+    let summary = report::write(&all, &args.markdown, &args.out_dir)?;
+    println!("{}", report::markdown(&all, &summary));
+    println!("summary.json: {}", serde_json::to_string_pretty(&summary)?);
+    eprintln!(
+        "bench: wrote {} and {}",
+        args.markdown.display(),
+        args.out_dir.join("summary.json").display()
+    );
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! The benchmark's network: a generator namespace and an API-host namespace joined by a veth
+//! pair, plus an idle veth pair in the generator namespace that keeps the generator program
+//! attached (so live-frames test runs skip their RCU wait). Every name carries this process's
+//! id; everything is removed on drop, and namespaces left by a killed earlier run are removed
+//! at start. Filters (nftables tables, iptables rules, XDP/TC programs) live inside the API
+//! namespace, so deleting it removes them too.
+
+use std::{fs::File, os::fd::AsRawFd as _};
+
+use anyhow::{Context as _, bail};
+
+use crate::sys::sh;
+
+pub const PREFIX: &str = "mbn";
+pub const API_MAC: &str = "02:00:00:00:00:01";
+pub const API_V4: &str = "192.0.2.1";
+pub const API_V6: &str = "2001:db8::1";
+const GW_V4: &str = "192.0.2.2";
+const GW_V6: &str = "2001:db8::2";
+
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: String) -> anyhow::Result<Self> {
+        sh(&["ip", "netns", "add", &name])?;
+        let ns = Self { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn exec(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    pub fn file(&self) -> anyhow::Result<File> {
+        File::open(format!("/var/run/netns/{}", self.name))
+            .with_context(|| format!("opening netns {}", self.name))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = sh(&["ip", "netns", "del", &self.name]);
+    }
+}
+
+/// Moves the calling thread into a network namespace.
+pub fn setns(f: &File) -> anyhow::Result<()> {
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Runs `f` with the calling thread inside `ns`, then returns it to where it was.
+pub fn within<T>(ns: &Netns, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let home = File::open("/proc/thread-self/ns/net").context("opening own netns")?;
+    setns(&ns.file()?)?;
+    let r = f();
+    setns(&home).context("returning to the original netns")?;
+    r
+}
+
+/// Removes namespaces an earlier, killed run left behind (their owner pid is gone).
+pub fn remove_stale() {
+    let Ok(list) = sh(&["ip", "netns", "list"]) else {
+        return;
+    };
+    for line in list.lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let pid: String = rest
+            .chars()
+            .skip(1)
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        if let Ok(pid) = pid.parse::<u32>()
+            && pid != std::process::id()
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            eprintln!("bench: removing stale namespace {name}");
+            let _ = sh(&["ip", "netns", "del", name]);
+        }
+    }
+}
+
+pub struct Topology {
+    // Field order is drop order: the API namespace first (detaching its filters).
+    pub api: Netns,
+    pub gen_ns: Netns,
+    pub api_if: String,
+    pub idle_if: String,
+    pub gen_ifindex: u32,
+    /// The API's UDP port is open (IPv4 and IPv6) but never read: admitted datagrams end in a
+    /// full socket buffer, as at a busy server, instead of each costing an ICMP unreachable.
+    _udp_sink: std::net::UdpSocket,
+}
+
+fn ifindex(ns: &Netns, ifname: &str) -> anyhow::Result<u32> {
+    let out = ns.exec(&["cat", &format!("/sys/class/net/{ifname}/ifindex")])?;
+    Ok(out.trim().parse()?)
+}
+
+impl Topology {
+    /// `queues`: receive queues of the API-side veth (2 spreads one source over both CPUs).
+    pub fn new(tag: &str, queues: usize) -> anyhow::Result<Self> {
+        let id = std::process::id() % 100_000;
+        let api = Netns::new(format!("{PREFIX}a{id}{tag}"))?;
+        let gen_ns = Netns::new(format!("{PREFIX}g{id}{tag}"))?;
+        let api_if = format!("ba{id}{tag}");
+        let gen_if = format!("bg{id}{tag}");
+        let idle_if = format!("bi{id}{tag}");
+        let q = queues.to_string();
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &gen_if,
+            "netns",
+            &gen_ns.name,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &api_if,
+            "netns",
+            &api.name,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+        ])?;
+        gen_ns.exec(&[
+            "ip",
+            "link",
+            "add",
+            &idle_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{idle_if}p"),
+        ])?;
+        for i in [&idle_if, &format!("{idle_if}p"), &gen_if] {
+            gen_ns.exec(&["ip", "link", "set", i, "up"])?;
+        }
+        api.exec(&["ip", "link", "set", &api_if, "address", API_MAC])?;
+        api.exec(&["ip", "link", "set", &api_if, "up"])?;
+        api.exec(&[
+            "ip",
+            "-4",
+            "addr",
+            "add",
+            &format!("{API_V4}/24"),
+            "dev",
+            &api_if,
+        ])?;
+        api.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{API_V6}/64"),
+            "dev",
+            &api_if,
+            "nodad",
+        ])?;
+        // Replies (ICMP unreachable, RST) go to a fixed neighbour: no ARP/ND per source.
+        let gen_mac = gen_ns.exec(&["cat", &format!("/sys/class/net/{gen_if}/address")])?;
+        let gen_mac = gen_mac.trim();
+        api.exec(&[
+            "ip",
+            "neigh",
+            "add",
+            GW_V4,
+            "lladdr",
+            gen_mac,
+            "dev",
+            &api_if,
+            "nud",
+            "permanent",
+        ])?;
+        api.exec(&[
+            "ip",
+            "-6",
+            "neigh",
+            "add",
+            GW_V6,
+            "lladdr",
+            gen_mac,
+            "dev",
+            &api_if,
+            "nud",
+            "permanent",
+        ])?;
+        api.exec(&[
+            "ip", "route", "add", "default", "via", GW_V4, "dev", &api_if,
+        ])?;
+        api.exec(&[
+            "ip", "-6", "route", "add", "default", "via", GW_V6, "dev", &api_if,
+        ])?;
+        // veth NAPI (needed to receive XDP-redirected frames) comes with GRO; threaded NAPI lets
+        // the receive work be pinned to its own core.
+        api.exec(&["ethtool", "-K", &api_if, "gro", "on"])?;
+        api.exec(&[
+            "sh",
+            "-c",
+            &format!("echo 1 > /sys/class/net/{api_if}/threaded"),
+        ])?;
+        let gen_ifindex = ifindex(&gen_ns, &gen_if)?;
+        let sink = within(&api, || {
+            std::net::UdpSocket::bind(("::", crate::cost::PORT)).context("binding the UDP sink")
+        })?;
+        Ok(Self {
+            api,
+            gen_ns,
+            api_if,
+            idle_if,
+            gen_ifindex,
+            _udp_sink: sink,
+        })
+    }
+
+    /// The NAPI kthreads of the API-side veth (one per receive queue), in queue order.
+    pub fn napi_threads(&self) -> Vec<u32> {
+        let want = format!("napi/{}-", self.api_if);
+        let mut found = Vec::new();
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for e in dir.flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                // comm is cut at 15 bytes; interface names are kept short enough that the
+                // `napi/<if>-` prefix survives the cut.
+                if comm.trim().starts_with(&want) {
+                    found.push(pid);
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    /// Pins queue i's NAPI thread to `cpus[i % len]`. Returns the threads.
+    pub fn pin_napi(&self, cpus: &[usize]) -> anyhow::Result<Vec<u32>> {
+        let threads = self.napi_threads();
+        if threads.is_empty() {
+            bail!(
+                "no NAPI thread for {} (threaded NAPI did not start)",
+                self.api_if
+            );
+        }
+        for (i, pid) in threads.iter().enumerate() {
+            sh(&[
+                "taskset",
+                "-pc",
+                &cpus[i % cpus.len()].to_string(),
+                &pid.to_string(),
+            ])?;
+            // Same real-time priority as the generator: background jobs cannot share the core.
+            sh(&[
+                "chrt",
+                "-f",
+                "-p",
+                &crate::sys::RT_PRIORITY.to_string(),
+                &pid.to_string(),
+            ])?;
+        }
+        Ok(threads)
+    }
+
+    /// Receive-side interface statistics from the API namespace (`ip -s -j link`).
+    pub fn api_link_stats(&self) -> anyhow::Result<serde_json::Value> {
+        let out = self
+            .api
+            .exec(&["ip", "-s", "-j", "link", "show", &self.api_if])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(v[0]["stats64"].clone())
+    }
+
+    /// Packets that reached the transport layer in the API namespace (UDP delivered + no port
+    /// + errors, TCP segments in): "passed to the stack" for every configuration alike.
+    pub fn transport_in(&self) -> anyhow::Result<u64> {
+        let snmp = self
+            .api
+            .exec(&["cat", "/proc/net/snmp", "/proc/net/snmp6"])?;
+        Ok(transport_counters(&snmp))
+    }
+}
+
+/// Sums the transport-layer receive counters out of /proc/net/snmp + snmp6 text.
+pub fn transport_counters(text: &str) -> u64 {
+    let mut total = 0;
+    let lines: Vec<&str> = text.lines().collect();
+    // /proc/net/snmp: header line then value line per protocol.
+    for pair in lines.windows(2) {
+        let (h, v) = (pair[0], pair[1]);
+        for proto in ["Udp:", "Tcp:"] {
+            if h.starts_with(proto) && v.starts_with(proto) && h != v {
+                let names: Vec<&str> = h.split_whitespace().collect();
+                let vals: Vec<&str> = v.split_whitespace().collect();
+                for (n, x) in names.iter().zip(vals.iter()) {
+                    if matches!(*n, "InDatagrams" | "NoPorts" | "InErrors" | "InSegs") {
+                        total += x.parse::<u64>().unwrap_or(0);
+                    }
+                }
+            }
+        }
+    }
+    // /proc/net/snmp6: "name value" lines (TCP over IPv6 is already in Tcp InSegs).
+    for l in &lines {
+        let mut it = l.split_whitespace();
+        if let (Some(n), Some(x)) = (it.next(), it.next())
+            && matches!(n, "Udp6InDatagrams" | "Udp6NoPorts" | "Udp6InErrors")
+        {
+            total += x.parse::<u64>().unwrap_or(0);
+        }
+    }
+    total
+}

@@ -1,0 +1,63 @@
+//! The benchmark-only eBPF object (bench-ebpf): trivial pass/drop baselines and the generator.
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    maps::{Array, MapData, PerCpuArray},
+    programs::Xdp,
+};
+
+pub static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench"));
+
+/// Mirrors `bench-ebpf`'s `GenCfg`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GenCfg {
+    pub ifindex: u32,
+    pub sources: u32,
+    pub is_v6: u32,
+    pub l4_csum_off: u32,
+    pub base: u32,
+    pub _pad: u32,
+}
+unsafe impl aya::Pod for GenCfg {}
+
+pub struct Bench {
+    pub ebpf: Ebpf,
+}
+
+impl Bench {
+    pub fn load() -> anyhow::Result<Self> {
+        let mut ebpf = Ebpf::load(BENCH_OBJECT).context("loading the bench eBPF object")?;
+        for name in ["bench_pass", "bench_drop", "bench_gen"] {
+            let p: &mut Xdp = ebpf
+                .program_mut(name)
+                .with_context(|| format!("{name} missing"))?
+                .try_into()?;
+            p.load().with_context(|| format!("loading {name}"))?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    pub fn prog(&mut self, name: &str) -> anyhow::Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("{name} missing"))?
+            .try_into()?)
+    }
+
+    pub fn set_gen(&mut self, cfg: GenCfg) -> anyhow::Result<()> {
+        let mut a: Array<&mut MapData, GenCfg> =
+            Array::try_from(self.ebpf.map_mut("GEN_CFG").context("GEN_CFG")?)?;
+        a.set(0, cfg, 0)?;
+        Ok(())
+    }
+
+    /// Total frames `bench_drop` dropped, over CPUs.
+    pub fn drops(&self) -> anyhow::Result<u64> {
+        let a: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map("DROPS").context("DROPS")?)?;
+        Ok(a.get(&0, 0)?.iter().sum())
+    }
+}

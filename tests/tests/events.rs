@@ -1,0 +1,342 @@
+//! Offender events through the `MON_EVENTS` ring buffer, on both hooks: when they fire (a
+//! source or an aggregate over its limit, a ban starting; at most once per key per second),
+//! what they carry, and that a full ring buffer costs events, counted, never verdicts.
+
+use std::{thread::sleep, time::Duration};
+
+use aya::maps::{MapData, RingBuf};
+use monitor::clock::kernel_now_ns;
+use monitor_common::{
+    addr::AddrKey,
+    config::{Config, action},
+    event::{EVENT_SIZE, Event, kind, level},
+    maps::EVENTS_BYTES,
+    rate::{Limit, NANOS_PER_SEC},
+    stats::Stat,
+};
+use tests::{frames::Frame, harness::*};
+
+const MINUTE_NS: u64 = 60 * NANOS_PER_SEC;
+
+fn per_minute(requests: u64, burst: u64) -> Limit {
+    Limit::new(requests, MINUTE_NS, burst).expect("valid limit")
+}
+
+fn drain(ring: &mut RingBuf<MapData>) -> Vec<Event> {
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        assert_eq!(item.len(), EVENT_SIZE, "event record size");
+        // SAFETY: the record is exactly one `Event`, plain data; read unaligned to be safe.
+        events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+    }
+    events
+}
+
+fn sleep_until(instant: u64) {
+    while kernel_now_ns() < instant {
+        sleep(Duration::from_millis(10));
+    }
+}
+
+struct Offender {
+    hook: Hook,
+    src: String,
+    frame: Vec<u8>,
+    key: AddrKey,
+    udp: bool,
+}
+
+#[test]
+fn source_events_fire_once_per_key_per_second_with_correct_fields() {
+    let mut k = Loaded::new(Config {
+        source: per_minute(1, 2),
+        ..Config::default()
+    });
+    let mut ring = k.kernel.take_events().unwrap();
+    let config = k.config();
+    let mut offenders = Vec::new();
+    for (h, hook) in HOOKS.into_iter().enumerate() {
+        for (n, (v6, udp)) in [(false, false), (true, false), (false, true), (true, true)]
+            .into_iter()
+            .enumerate()
+        {
+            let src = if v6 {
+                format!("2001:db8:{h}:{n}::77")
+            } else {
+                v4_source(h as u8, n as u8)
+            };
+            let frame = if udp {
+                Frame::udp(&src, LOOKUP_PORT, b"lookup").build()
+            } else {
+                Frame::request(&src, LOOKUP_PORT).build()
+            };
+            let key = source_key(&src, &config);
+            offenders.push(Offender {
+                hook,
+                src,
+                frame,
+                key,
+                udp,
+            });
+        }
+    }
+
+    let mut firsts = Vec::new();
+    for o in &offenders {
+        assert_eq!(k.passes(o.hook, &o.frame, 2), 2);
+        let t0 = kernel_now_ns();
+        assert_eq!(k.run(o.hook, &o.frame), Verdict::Drop);
+        let t1 = kernel_now_ns();
+        // More refusals within the second: no more events for this key.
+        assert_eq!(k.passes(o.hook, &o.frame, 5), 0);
+        let events = drain(&mut ring);
+        assert_eq!(
+            events.len(),
+            1,
+            "{:?} {}: one event for six refusals",
+            o.hook,
+            o.src
+        );
+        let e = events[0];
+        let v4 = !o.src.contains(':');
+        assert!(
+            (t0..=t1).contains(&e.ts_ns),
+            "{:?} {}: timestamp",
+            o.hook,
+            o.src
+        );
+        let want = Event {
+            ts_ns: e.ts_ns,
+            addr: o.key.addr,
+            prefix_len: if v4 { 32 } else { 64 },
+            level: level::SOURCE,
+            kind: kind::OVER_LIMIT,
+            action: action::DROP,
+            proto: if o.udp { 17 } else { 6 },
+            is_v4: v4 as u8,
+            dport: LOOKUP_PORT,
+            // Two admitted and the one that tripped it.
+            requests: 3,
+            ban_until_ns: 0,
+        };
+        assert_eq!(e, want, "{:?} {}", o.hook, o.src);
+        firsts.push(e.ts_ns);
+    }
+    assert_eq!(k.stat(Stat::EventsSent), offenders.len() as u64);
+
+    // Within a second of its last event a key stays quiet; after it, it reports once more,
+    // with its grown count. A key is only held to quiet when the clock read after its run is
+    // still inside its second (so the kernel's was too).
+    let next = firsts.iter().max().unwrap() + NANOS_PER_SEC;
+    sleep_until(next - 300_000_000);
+    let mut quiet = Vec::new();
+    for (o, first) in offenders.iter().zip(&firsts) {
+        k.run(o.hook, &o.frame);
+        if kernel_now_ns() < first + NANOS_PER_SEC {
+            quiet.push(o.key);
+        }
+    }
+    let early = drain(&mut ring);
+    assert!(
+        early
+            .iter()
+            .all(|e| !quiet.contains(&AddrKey { addr: e.addr })),
+        "events within a second of the last: {early:?}"
+    );
+    sleep_until(next);
+    for o in &offenders {
+        assert_eq!(k.passes(o.hook, &o.frame, 3), 0);
+    }
+    let late = drain(&mut ring);
+    for o in &offenders {
+        let of_key = |events: &[Event]| -> Vec<u64> {
+            events
+                .iter()
+                .filter(|e| e.addr == o.key.addr)
+                .map(|e| e.requests)
+                .collect()
+        };
+        // 3 at the first event, 5 more refused, then one in the early round.
+        let (early, late) = (of_key(&early), of_key(&late));
+        match (early.as_slice(), late.as_slice()) {
+            ([], [requests]) => assert_eq!(*requests, 10, "{:?} {}", o.hook, o.src),
+            ([requests], []) => assert_eq!(*requests, 9, "{:?} {}", o.hook, o.src),
+            other => panic!(
+                "{:?} {}: want exactly one more event, got {other:?}",
+                o.hook, o.src
+            ),
+        }
+    }
+    println!(
+        "keys held quiet within their second: {} of {}",
+        quiet.len(),
+        offenders.len()
+    );
+    assert!(
+        !quiet.is_empty(),
+        "no key was checked for quiet: the machine was too slow"
+    );
+}
+
+#[test]
+fn ban_aggregate_and_monitor_mode_events() {
+    const BAN_NS: u64 = 30 * NANOS_PER_SEC;
+    let mut k = Loaded::new(Config {
+        source: per_minute(1, 1),
+        aggregate: per_minute(1, 3),
+        ban_ns: BAN_NS,
+        ..Config::default()
+    });
+    let mut ring = k.kernel.take_events().unwrap();
+    for (h, hook) in HOOKS.into_iter().enumerate() {
+        for v6 in [false, true] {
+            let (a, b, c, d) = if v6 {
+                (
+                    format!("2001:db8:{h}:1::1"),
+                    format!("2001:db8:{h}:2::1"),
+                    format!("2001:db8:{h}:3::1"),
+                    format!("2001:db8:{h}:4::1"),
+                )
+            } else {
+                (
+                    format!("192.0.{h}.1"),
+                    format!("192.0.{h}.2"),
+                    format!("192.0.{h}.3"),
+                    format!("192.0.{h}.4"),
+                )
+            };
+            let config = k.config();
+            // A ban starts: one BAN event carrying the deadline MON_BANS holds.
+            let req = |s: &str| Frame::request(s, LOOKUP_PORT).build();
+            assert_eq!(
+                k.run_each(hook, &req(&a), 2),
+                [Verdict::Pass, Verdict::Drop]
+            );
+            // Banned traffic afterwards raises nothing.
+            assert_eq!(k.passes(hook, &req(&a), 5), 0);
+            let events = drain(&mut ring);
+            assert_eq!(events.len(), 1, "{hook:?} {a}: {events:?}");
+            let e = events[0];
+            let key = source_key(&a, &config);
+            let (_, ban) = k
+                .kernel
+                .bans()
+                .unwrap()
+                .into_iter()
+                .find(|(k, _)| *k == key)
+                .expect("ban stored");
+            assert_eq!(
+                (e.kind, e.level, e.addr, e.requests, e.ban_until_ns),
+                (kind::BAN, level::SOURCE, key.addr, 2, ban.until_ns),
+                "{hook:?} {a}"
+            );
+            assert_eq!(e.ban_until_ns - e.ts_ns, BAN_NS);
+
+            // The aggregate (3) is spent by a, b, c (one each); d is refused by it.
+            assert_eq!(k.run(hook, &req(&b)), Verdict::Pass);
+            assert_eq!(k.run(hook, &req(&c)), Verdict::Pass);
+            assert_eq!(k.run(hook, &req(&d)), Verdict::Drop);
+            let events = drain(&mut ring);
+            assert_eq!(events.len(), 1, "{hook:?} aggregate: {events:?}");
+            let e = events[0];
+            let agg = aggregate_key(&a, &config);
+            assert_eq!(
+                (
+                    e.level,
+                    e.kind,
+                    e.addr,
+                    e.prefix_len,
+                    e.requests,
+                    e.ban_until_ns
+                ),
+                (
+                    level::AGGREGATE,
+                    kind::OVER_LIMIT,
+                    agg.addr,
+                    if v6 { 48 } else { 24 },
+                    4,
+                    0
+                ),
+                "{hook:?} aggregate of {a}"
+            );
+            assert_eq!((e.dport, e.proto, e.is_v4), (LOOKUP_PORT, 6, !v6 as u8));
+        }
+    }
+
+    // In monitor mode the event says so.
+    k.update_config(|c| {
+        c.action = action::MONITOR;
+        c.ban_ns = 0;
+        c.aggregate = Limit::OFF;
+    });
+    for (h, hook) in HOOKS.into_iter().enumerate() {
+        let src = v4_source(h as u8, 50);
+        let bytes = Frame::request(&src, LOOKUP_PORT).build();
+        assert_eq!(k.passes(hook, &bytes, 2), 2);
+        let events = drain(&mut ring);
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (events[0].action, events[0].kind),
+            (action::MONITOR, kind::OVER_LIMIT)
+        );
+    }
+}
+
+#[test]
+fn a_full_ring_buffer_counts_lost_events_and_keeps_verdicts() {
+    // Each record takes the event plus the ring buffer's 8-byte header.
+    let capacity = EVENTS_BYTES as usize / (EVENT_SIZE + 8);
+    let offenders = capacity + 2000;
+    let mut k = Loaded::new(Config {
+        source: per_minute(1, 1),
+        ..Config::default()
+    });
+    let mut ring = k.kernel.take_events().unwrap();
+    let template = Frame::request("10.0.0.1", LOOKUP_PORT);
+    let at = template.src_offset();
+    let mut bytes = template.build();
+    let before = k.stats();
+    for i in 0..offenders as u32 {
+        let hook = HOOKS[(i & 1) as usize];
+        bytes[at..at + 4].copy_from_slice(&(0x0a00_0000 | i).to_be_bytes());
+        assert_eq!(
+            k.run(hook, &bytes),
+            Verdict::Pass,
+            "offender {i}: first request"
+        );
+        assert_eq!(
+            k.run(hook, &bytes),
+            Verdict::Drop,
+            "offender {i}: over the limit"
+        );
+    }
+    let after = k.stats();
+    let sent = delta(&before, &after, Stat::EventsSent);
+    let lost = delta(&before, &after, Stat::EventsLost);
+    println!("{offenders} offenders into a ring of {capacity} records: {sent} sent, {lost} lost");
+    assert_eq!(
+        sent + lost,
+        offenders as u64,
+        "every offence is either sent or counted lost"
+    );
+    assert!(
+        lost >= 2000,
+        "ring of {capacity} overflowed by at least 2000: lost {lost}"
+    );
+    assert_eq!(delta(&before, &after, Stat::DroppedRate), offenders as u64);
+    assert_eq!(delta(&before, &after, Stat::Passed), offenders as u64);
+
+    let events = drain(&mut ring);
+    assert_eq!(
+        events.len() as u64,
+        sent,
+        "what was sent is what user space reads"
+    );
+    // Once user space has caught up, events flow again.
+    bytes[at..at + 4].copy_from_slice(&[10, 255, 255, 1]);
+    assert_eq!(
+        k.run_each(Hook::Tc, &bytes, 2),
+        [Verdict::Pass, Verdict::Drop]
+    );
+    assert_eq!(drain(&mut ring).len(), 1);
+}
