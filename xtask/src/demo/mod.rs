@@ -320,6 +320,10 @@ fn print_keep_help(names: &Names, daemon: Option<&Daemon>) {
         eprintln!("  {} --socket {s} offenders", d.bin.display());
         eprintln!("  {} --socket {s} stats", d.bin.display());
     }
+    eprintln!(
+        "The lookup service and the clients ended with the demo; the daemon keeps enforcing and \
+         keeps its counters and offender history."
+    );
     eprintln!("Tear it all down with:\n  cargo xtask demo --teardown");
 }
 

@@ -179,6 +179,27 @@ impl Report {
                 "(Without the monitor, {lost} legitimate requests failed: the service was swamped.)"
             );
         }
+        if let Some(stats) = &self.stats {
+            let n = |k: &str| stats.get(k).and_then(Value::as_u64).unwrap_or(0);
+            let _ = writeln!(
+                o,
+                "{}",
+                wrap(
+                    &format!(
+                        "In the kernel (monitor stats): {} request segments dropped, {} over a \
+                         source limit, {} over an aggregate limit, {} banned. A scraper whose \
+                         request is dropped waits for it (TCP retransmits it, and each \
+                         retransmission counts again) until its 1 s timeout, so it sees far \
+                         fewer failures than the kernel drops.",
+                        n("dropped"),
+                        n("dropped_rate"),
+                        n("dropped_aggregate"),
+                        n("dropped_ban")
+                    ),
+                    96
+                )
+            );
+        }
         if let Some(top) = &self.top {
             let _ = writeln!(o, "\nmonitor top (during the attack):");
             table(

@@ -307,6 +307,8 @@ pub fn sweep(names: &Names) {
     }
     remove_tree(&names.pin_path());
     remove_tree(&dir);
+    // The shared parent goes too once no run uses it (this fails, harmlessly, while one does).
+    let _ = fs::remove_dir(RUN_ROOT);
 }
 
 pub fn read_pid(path: &Path) -> Option<i32> {
