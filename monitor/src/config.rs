@@ -627,6 +627,23 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid_and_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../monitor.example.toml");
+        let s = Settings::resolve(&Layer::default(), None, Some(&path)).unwrap();
+        let d = Settings::resolve(&flags(|_| {}), None, None).unwrap();
+        let mut example = s.policy.clone();
+        example.ports = d.policy.ports.clone();
+        assert_eq!(
+            example, d.policy,
+            "monitor.example.toml disagrees with the defaults"
+        );
+        assert_eq!(
+            (s.max_sources, s.socket, s.db),
+            (d.max_sources, d.socket, d.db)
+        );
+    }
+
+    #[test]
     fn invalid_values_are_refused_with_one_line() {
         type Case = Box<dyn Fn(&mut Layer)>;
         let cases: Vec<Case> = vec![

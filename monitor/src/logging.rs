@@ -22,8 +22,7 @@ impl Log for Logger {
             return;
         }
         let time = crate::timefmt::rfc3339(std::time::SystemTime::now());
-        // Kernel records arrive through aya-log with the eBPF program's module path as target.
-        let origin = if record.target().starts_with("monitor_ebpf") {
+        let origin = if record.target() == KERNEL_TARGET {
             "kernel"
         } else {
             "daemon"
@@ -39,6 +38,30 @@ impl Log for Logger {
             .to_string(),
         };
         let _ = writeln!(std::io::stderr().lock(), "{line}");
+    }
+
+    fn flush(&self) {}
+}
+
+const KERNEL_TARGET: &str = "kernel";
+
+/// Forwards the eBPF program's log records (read by aya-log) to the daemon's log, marked as
+/// coming from the kernel.
+pub struct KernelLog;
+
+impl Log for KernelLog {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        log::logger().enabled(metadata)
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        log::logger().log(
+            &Record::builder()
+                .level(record.level())
+                .target(KERNEL_TARGET)
+                .args(*record.args())
+                .build(),
+        );
     }
 
     fn flush(&self) {}

@@ -59,6 +59,9 @@ impl Loaded {
     }
 
     /// Runs one frame `repeat` times; returns the last verdict and the kernel's mean ns per run.
+    /// On XDP a `repeat` above 1 makes the kernel swap the program into its XDP dispatcher and
+    /// wait for an RCU grace period (tens of ms on this machine) per call, unless the program
+    /// is attached somewhere: use few large repeats there, never many small ones.
     pub fn run_repeat(&mut self, hook: Hook, frame: &[u8], repeat: u32) -> (Verdict, u64) {
         self.try_run_repeat(hook, frame, repeat)
             .expect("BPF_PROG_TEST_RUN")

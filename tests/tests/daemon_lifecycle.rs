@@ -209,3 +209,47 @@ fn sighup_and_reload_apply_the_config_file_live() {
     assert!(d.json(&["allow", "list"]).as_array().unwrap().is_empty());
     assert!(d.stop().success());
 }
+
+/// The same life at TC ingress (tcx links): pinned with `--persist`, still limiting after
+/// `kill -9`, adopted by the next daemon, and gone after a clean stop without `--persist`.
+#[test]
+fn tc_links_persist_are_adopted_and_are_removed_by_a_clean_stop() {
+    let link = Link::new(&["10.223.0.1/24"]);
+    link.add_client_addr("10.223.0.11/24");
+    let _server = link.server.run_in(|| Server::start(PORT));
+    let paths = Paths::new();
+    let limited = [
+        "--attach", "tc", "--port", "8443", "--rate", "1/s", "--burst", "1",
+    ];
+    let loud = || {
+        link.client
+            .run_in(|| burst(ip("10.223.0.11"), to("10.223.0.1"), "/", 10, TIMEOUT))
+    };
+    let mut args = limited.to_vec();
+    args.extend(["--persist", "--max-sources", "4096"]);
+    let mut d = Daemon::start(&link.server, &link.server_if, &paths, &args);
+    assert!(loud() < 10, "TC program does not limit");
+    d.kill9();
+    assert!(
+        paths
+            .pin
+            .join("link_tc_".to_string() + &link.server_if)
+            .exists()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        loud() < 10,
+        "TC program stopped limiting when the daemon was killed"
+    );
+
+    let mut args = limited.to_vec();
+    args.extend(["--max-sources", "4096"]);
+    let mut d = Daemon::start(&link.server, &link.server_if, &paths, &args);
+    let status = d.json(&["status"]);
+    assert_eq!(status["interfaces"][0]["adopted"], true, "{status}");
+    assert_eq!(status["interfaces"][0]["hook"], "tc", "{status}");
+    assert!(d.stop().success());
+    assert!(!paths.pin.exists(), "pins left behind");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(loud(), 10, "traffic still limited after a clean stop");
+}

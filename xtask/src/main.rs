@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: everything a newcomer or CI runs, each preparing the machine first.
 
 mod bench;
+mod demo;
 mod setup;
 mod util;
 
@@ -31,6 +32,8 @@ enum Command {
     },
     /// Formatting and clippy (-D warnings) for user space and for the eBPF crate.
     Lint,
+    /// Replay a contact-lookup enumeration attack without and with the monitor, and report.
+    Demo(demo::DemoArgs),
     /// Set up, then benchmark against nftables and iptables; writes BENCHMARKS.md.
     Bench {
         /// One repetition, 1 and 1,000,000 sources only (under 3 minutes).
@@ -49,6 +52,7 @@ fn main() {
         Command::Build { release } => setup::run().and_then(|()| build(release)),
         Command::Test { args } => setup::run().and_then(|()| test(&args)),
         Command::Lint => setup::run().and_then(|()| lint()),
+        Command::Demo(args) => demo::run(args),
         Command::Bench { quick, args } => setup::run().and_then(|()| bench::run(quick, &args)),
     };
     if let Err(e) = result {

@@ -76,10 +76,11 @@ pub fn print(request: &Request, value: Value, json: bool) -> Result<()> {
                 )
             );
             println!(
-                "({} sources and {} aggregates tracked; sampled {})",
+                "({} sources and {} aggregates tracked; sampled {} in {} ms)",
                 reply.tracked_sources,
                 reply.tracked_aggregates,
-                reply.sampled_at.as_deref().unwrap_or("not yet")
+                reply.sampled_at.as_deref().unwrap_or("not yet"),
+                reply.sample_took_ms
             );
         }
         Request::Offenders { .. } => {

@@ -169,6 +169,7 @@ fn top(shared: &Shared, limit: usize, level: Option<&str>) -> Result<Value> {
     Ok(json(TopReply {
         sampled_at: snapshot.taken_at.map(timefmt::rfc3339),
         interval_ms: snapshot.interval.as_millis() as u64,
+        sample_took_ms: snapshot.took.as_millis() as u64,
         tracked_sources: snapshot.tracked_sources,
         tracked_aggregates: snapshot.tracked_aggregates,
         rows,

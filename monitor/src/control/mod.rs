@@ -98,6 +98,8 @@ pub struct TopReply {
     /// When the sample was taken (RFC 3339), and over how long the rates were measured.
     pub sampled_at: Option<String>,
     pub interval_ms: u64,
+    /// How long reading and ranking the tables took.
+    pub sample_took_ms: u64,
     pub tracked_sources: u64,
     pub tracked_aggregates: u64,
     pub rows: Vec<TopRow>,

@@ -59,11 +59,11 @@ pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<
             let key = AddrKey { addr: ev.addr };
             let rate = match last.insert((lvl, key), (ev.ts_ns, ev.requests)) {
                 Some((ts, req)) if ev.ts_ns > ts && ev.requests >= req => {
-                    (ev.requests - req) as f64 * 1e9 / (ev.ts_ns - ts) as f64
+                    Some((ev.requests - req) as f64 * 1e9 / (ev.ts_ns - ts) as f64)
                 }
-                _ => snapshot.rates.get(&(lvl, key)).copied().unwrap_or(0.0),
+                _ => snapshot.rates.get(&(lvl, key)).copied(),
             };
-            let rate = (rate * 10.0).round() / 10.0;
+            let rate = rate.map(|r| (r * 10.0).round() / 10.0);
             let at = clock::to_wall(ev.ts_ns);
             let source = Cidr::from_key(&key, ev.prefix_len).to_string();
             logging::event_line(&line(format, ev, lvl, &source, rate, at));
@@ -72,7 +72,7 @@ pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<
                 source,
                 level: lvl.as_str(),
                 at_ms: timefmt::unix_ms(at),
-                rate,
+                rate: rate.unwrap_or(0.0),
                 dropped: 0,
                 banned: ev.kind == kind::BAN,
                 event: true,
@@ -82,12 +82,14 @@ pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<
     }
 }
 
+/// One event line. `rate` is None for a key's first event when the sampler has not measured
+/// it yet (the event itself carries only the running request count).
 fn line(
     format: LogFormat,
     ev: &Event,
     lvl: Level,
     source: &str,
-    rate: f64,
+    rate: Option<f64>,
     at: SystemTime,
 ) -> String {
     let time = timefmt::rfc3339(at);
@@ -105,10 +107,11 @@ fn line(
     let ban = (ev.ban_until_ns != 0).then(|| timefmt::rfc3339(clock::to_wall(ev.ban_until_ns)));
     match format {
         LogFormat::Text => format!(
-            "{time} offender {what} source={source} level={} port={}/{proto} requests={} rate={rate}/s action={act} banned_until={}",
+            "{time} offender {what} source={source} level={} port={}/{proto} requests={} rate={} action={act} banned_until={}",
             lvl.as_str(),
             ev.dport,
             ev.requests,
+            rate.map_or("-".to_string(), |r| format!("{r}/s")),
             ban.as_deref().unwrap_or("-"),
         ),
         LogFormat::Json => serde_json::json!({

@@ -341,7 +341,7 @@ type Started = (
     Vec<Attachment>,
     aya::maps::RingBuf<aya::maps::MapData>,
     crate::kernel::TableReader,
-    EbpfLogger<&'static dyn log::Log>,
+    EbpfLogger<logging::KernelLog>,
 );
 
 fn start(settings: &Settings, adopting: bool) -> Result<Started> {
@@ -355,7 +355,8 @@ fn start(settings: &Settings, adopting: bool) -> Result<Started> {
             settings.pin_path.display()
         );
     }
-    let logger = EbpfLogger::init(kernel.ebpf_mut()).context("starting the kernel log reader")?;
+    let logger = EbpfLogger::init_with_logger(kernel.ebpf_mut(), logging::KernelLog)
+        .context("starting the kernel log reader")?;
     let ring = kernel.take_events()?;
     let reader = kernel.table_reader()?;
     let mut writer = MapWriter::start(
@@ -368,7 +369,7 @@ fn start(settings: &Settings, adopting: bool) -> Result<Started> {
     Ok((writer, attachments, ring, reader, logger))
 }
 
-async fn log_forwarder(logger: EbpfLogger<&'static dyn log::Log>) {
+async fn log_forwarder(logger: EbpfLogger<logging::KernelLog>) {
     // SAFETY: the logger owns its ring buffer's descriptor for as long as the AsyncFd owns it.
     let Ok(mut fd) = (unsafe { AsyncFd::register(logger) }) else {
         warn!("kernel log records will not be forwarded");

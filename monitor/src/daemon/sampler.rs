@@ -5,6 +5,7 @@
 
 use std::{
     collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -14,6 +15,43 @@ use monitor_common::{addr::AddrKey, maps::Bucket};
 use crate::{cidr::Cidr, clock, control::TopRow, history::Sighting, kernel::TableReader, timefmt};
 
 pub const INTERVAL: Duration = Duration::from_secs(1);
+
+/// A multiply-fold hasher for table keys. The keys are addresses the kernel already chose to
+/// track, a million of them are hashed every second, and SipHash's flood resistance buys
+/// nothing here (the table itself is bounded by the kernel).
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_ne_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    /// murmur3's fmix64: the multiply above only carries low bits upwards, and IPv4 keys
+    /// differ only in their high half, so fold the high bits back down.
+    fn finish(&self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
+pub type KeyMap<V> = HashMap<(Level, AddrKey), V, BuildHasherDefault<KeyHasher>>;
 /// Rows kept per sample; `top --limit` is capped here.
 pub const MAX_ROWS: usize = 1000;
 
@@ -44,7 +82,7 @@ pub struct Snapshot {
     /// The busiest keys of both levels, highest rate first.
     pub rows: Vec<TopRow>,
     /// Per-key rate (requests/s) of every key that sent anything in the last interval.
-    pub rates: HashMap<(Level, AddrKey), f64>,
+    pub rates: KeyMap<f64>,
 }
 
 /// The prefix lengths in force, to turn keys into CIDRs.
@@ -70,7 +108,7 @@ impl Prefixes {
 
 pub struct Sampler {
     reader: TableReader,
-    previous: HashMap<(Level, AddrKey), (u64, u64)>,
+    previous: KeyMap<(u64, u64)>,
     previous_at: Option<Instant>,
 }
 
@@ -84,7 +122,7 @@ impl Sampler {
     pub fn new(reader: TableReader) -> Self {
         Self {
             reader,
-            previous: HashMap::new(),
+            previous: KeyMap::default(),
             previous_at: None,
         }
     }
@@ -109,9 +147,14 @@ impl Sampler {
             .filter(|(_, b)| b.until_ns > now_k)
             .map(|(k, b)| (*k, b.until_ns))
             .collect();
-        let mut current = HashMap::with_capacity(sources.len() + aggregates.len());
-        let mut rates = HashMap::new();
-        let mut candidates: Vec<(f64, Level, AddrKey, Bucket)> = Vec::new();
+        let mut current =
+            KeyMap::with_capacity_and_hasher(sources.len() + aggregates.len(), Default::default());
+        let mut rates = KeyMap::default();
+        let mut candidates: Vec<(f64, Level, AddrKey, Bucket)> = Vec::with_capacity(2 * MAX_ROWS);
+        // Busiest first; among equals, the most requests overall.
+        let order = |a: &(f64, Level, AddrKey, Bucket), b: &(f64, Level, AddrKey, Bucket)| {
+            b.0.total_cmp(&a.0).then(b.3.requests.cmp(&a.3.requests))
+        };
         let mut sightings = Vec::new();
         let at_ms = timefmt::unix_ms(now_w);
         for (level, table) in [(Level::Source, &sources), (Level::Aggregate, &aggregates)] {
@@ -148,12 +191,14 @@ impl Sampler {
                     });
                 }
                 candidates.push((rate, level, *key, *bucket));
+                // Keep the candidates bounded: trim to the best MAX_ROWS whenever twice that
+                // many have gathered (amortised linear in the table size).
+                if candidates.len() >= 2 * MAX_ROWS {
+                    candidates.select_nth_unstable_by(MAX_ROWS, order);
+                    candidates.truncate(MAX_ROWS);
+                }
             }
         }
-        // Busiest first; among equals, the most requests overall.
-        let order = |a: &(f64, Level, AddrKey, Bucket), b: &(f64, Level, AddrKey, Bucket)| {
-            b.0.total_cmp(&a.0).then(b.3.requests.cmp(&a.3.requests))
-        };
         if candidates.len() > MAX_ROWS {
             candidates.select_nth_unstable_by(MAX_ROWS, order);
             candidates.truncate(MAX_ROWS);
@@ -201,4 +246,25 @@ impl Sampler {
 /// RFC 3339 of a ban deadline on the kernel clock.
 pub fn banned_until(until_ns: u64) -> String {
     timefmt::rfc3339(clock::to_wall(until_ns))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher as _;
+
+    use super::*;
+
+    #[test]
+    fn neighbouring_ipv4_keys_spread_over_the_low_bits() {
+        let build = BuildHasherDefault::<KeyHasher>::default();
+        let low: std::collections::HashSet<u64> = (0..4096u32)
+            .map(|i| build.hash_one((Level::Source, AddrKey::from_v4(i.to_be_bytes()))) & 0xfff)
+            .collect();
+        // 4096 keys into 4096 slots: a decent hash fills well over half of them.
+        assert!(
+            low.len() > 2000,
+            "only {} distinct low-bit values",
+            low.len()
+        );
+    }
 }
