@@ -13,7 +13,7 @@ mod programs {
         bindings::xdp_action,
         helpers::bpf_redirect,
         macros::{map, xdp},
-        maps::{Array, LruHashMap, PerCpuArray},
+        maps::{Array, HashMap, LruHashMap, PerCpuArray},
         programs::XdpContext,
     };
 
@@ -46,6 +46,54 @@ mod programs {
     /// monitor's 16-byte key (IPv4-mapped address), pre-filled by user space, then drop.
     #[map]
     static FLOOR_LRU: LruHashMap<[u8; 16], u64> = LruHashMap::with_max_entries(1 << 20, 0);
+
+    /// The same table shape keyed by the bare 4-byte IPv4 address.
+    #[map]
+    static FLOOR_LRU4: LruHashMap<[u8; 4], u64> = LruHashMap::with_max_entries(1 << 20, 0);
+    /// The 16-byte key in a plain (non-LRU, preallocated) hash.
+    #[map]
+    static FLOOR_HASH: HashMap<[u8; 16], u64> = HashMap::with_max_entries(1 << 20, 0);
+
+    #[inline(always)]
+    fn v4_source(ctx: &XdpContext) -> Option<[u8; 4]> {
+        let data = ctx.data();
+        if data + ETH_LEN + 20 > ctx.data_end() {
+            return None;
+        }
+        Some(unsafe { core::ptr::read_unaligned((data + ETH_LEN + 12) as *const [u8; 4]) })
+    }
+
+    #[inline(always)]
+    fn counted_drop() -> u32 {
+        if let Some(n) = DROPS.get_ptr_mut(0) {
+            unsafe { *n += 1 };
+        }
+        xdp_action::XDP_DROP
+    }
+
+    #[xdp]
+    pub fn bench_floor4(ctx: XdpContext) -> u32 {
+        match v4_source(&ctx) {
+            Some(src) if FLOOR_LRU4.get_ptr_mut(&src).is_some() => counted_drop(),
+            _ => xdp_action::XDP_PASS,
+        }
+    }
+
+    #[xdp]
+    pub fn bench_floorh(ctx: XdpContext) -> u32 {
+        let Some(src) = v4_source(&ctx) else {
+            return xdp_action::XDP_PASS;
+        };
+        let mut key = [0u8; 16];
+        key[10] = 0xff;
+        key[11] = 0xff;
+        key[12..16].copy_from_slice(&src);
+        if unsafe { FLOOR_HASH.get(&key) }.is_some() {
+            counted_drop()
+        } else {
+            xdp_action::XDP_PASS
+        }
+    }
 
     /// IPv4 only: Ethernet, then the source address; anything else passes.
     #[xdp]

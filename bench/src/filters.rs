@@ -38,6 +38,10 @@ pub enum Filter {
     LookupFloor,
     /// Bench-only: the trivial drop after reading the IPv4 source from the frame.
     TouchDrop,
+    /// Bench-only: `LookupFloor` with a 4-byte IPv4 key.
+    LookupFloorV4Key,
+    /// Bench-only: `LookupFloor` in a plain preallocated hash (no LRU).
+    LookupFloorHash,
 }
 
 impl Filter {
@@ -53,6 +57,8 @@ impl Filter {
             Filter::Tc => "monitor TC ingress",
             Filter::LookupFloor => "floor: 1 LRU lookup + XDP_DROP",
             Filter::TouchDrop => "trivial: read source + XDP_DROP",
+            Filter::LookupFloorV4Key => "floor: 1 LRU lookup, 4-byte key",
+            Filter::LookupFloorHash => "floor: 1 plain-hash lookup",
         }
     }
     pub fn is_peer(self) -> bool {
@@ -186,22 +192,32 @@ pub fn install(
             .context("attaching the touching trivial drop")?;
             inst.trivial_link = Some(("bench_touch", link));
         }
-        Filter::LookupFloor => {
+        Filter::LookupFloor | Filter::LookupFloorV4Key | Filter::LookupFloorHash => {
             inst.base_drops = bench.drops()?;
-            let map = bench.ebpf.map("FLOOR_LRU").context("FLOOR_LRU")?;
+            let (map_name, prog) = match f {
+                Filter::LookupFloor => ("FLOOR_LRU", "bench_floor"),
+                Filter::LookupFloorV4Key => ("FLOOR_LRU4", "bench_floor4"),
+                _ => ("FLOOR_HASH", "bench_floorh"),
+            };
+            let map = bench.ebpf.map(map_name).context("floor map")?;
             let fd = crate::fill::map_fd(map)?;
             let n = sources_hint.max(1);
-            let entries: Vec<([u8; 16], u64)> = (0..n)
-                .map(|i| (crate::fill::v4_source(i).addr, 0u64))
-                .collect();
-            crate::fill::update_pairs(fd, &entries).context("pre-filling the floor table")?;
+            if f == Filter::LookupFloorV4Key {
+                let entries: Vec<([u8; 4], u64)> = (0..n)
+                    .map(|i| (crate::fill::V4_BASE.wrapping_add(i).to_be_bytes(), 0u64))
+                    .collect();
+                crate::fill::update_pairs(fd, &entries).context("pre-filling the floor table")?;
+            } else {
+                let entries: Vec<([u8; 16], u64)> = (0..n)
+                    .map(|i| (crate::fill::v4_source(i).addr, 0u64))
+                    .collect();
+                crate::fill::update_pairs(fd, &entries).context("pre-filling the floor table")?;
+            }
             let link = net::within(&t.api, || {
-                Ok(bench
-                    .prog("bench_floor")?
-                    .attach(&t.api_if, XdpMode::Driver)?)
+                Ok(bench.prog(prog)?.attach(&t.api_if, XdpMode::Driver)?)
             })
-            .context("attaching the lookup floor")?;
-            inst.trivial_link = Some(("bench_floor", link));
+            .context("attaching a lookup floor")?;
+            inst.trivial_link = Some((prog, link));
         }
         Filter::NftNetdev | Filter::NftInet => {
             let family = if f == Filter::NftNetdev {
@@ -302,9 +318,11 @@ impl Installed {
     /// and the trivial one count them in maps; the peers do not: see `throughput`).
     pub fn drops(&self, bench: &Bench) -> anyhow::Result<Option<u64>> {
         Ok(match self.filter {
-            Filter::TrivialDrop | Filter::LookupFloor | Filter::TouchDrop => {
-                Some(bench.drops()? - self.base_drops)
-            }
+            Filter::TrivialDrop
+            | Filter::LookupFloor
+            | Filter::TouchDrop
+            | Filter::LookupFloorV4Key
+            | Filter::LookupFloorHash => Some(bench.drops()? - self.base_drops),
             _ => match &self.kernel {
                 Some(k) => Some(k.stats()?.get(Stat::Dropped)),
                 None => None,
@@ -333,7 +351,11 @@ impl Installed {
         let table = format!("mb{}", std::process::id());
         match self.filter {
             Filter::NoFilter => {}
-            Filter::TrivialDrop | Filter::LookupFloor | Filter::TouchDrop => {
+            Filter::TrivialDrop
+            | Filter::LookupFloor
+            | Filter::TouchDrop
+            | Filter::LookupFloorV4Key
+            | Filter::LookupFloorHash => {
                 if let Some((prog, link)) = self.trivial_link.take() {
                     bench.prog(prog)?.detach(link)?;
                 }

@@ -59,7 +59,7 @@ fn wants(args: &Args, part: &str) -> bool {
     args.only.is_empty() || args.only.iter().any(|p| p == part)
 }
 
-const ALL_FILTERS: [Filter; 10] = [
+const ALL_FILTERS: [Filter; 12] = [
     Filter::NoFilter,
     Filter::TrivialDrop,
     Filter::NftNetdev,
@@ -70,6 +70,8 @@ const ALL_FILTERS: [Filter; 10] = [
     Filter::Tc,
     Filter::TouchDrop,
     Filter::LookupFloor,
+    Filter::LookupFloorV4Key,
+    Filter::LookupFloorHash,
 ];
 
 fn run(args: &Args) -> anyhow::Result<()> {

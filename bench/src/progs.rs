@@ -35,6 +35,8 @@ impl Bench {
             "bench_gen",
             "bench_floor",
             "bench_touch",
+            "bench_floor4",
+            "bench_floorh",
         ] {
             let p: &mut Xdp = ebpf
                 .program_mut(name)

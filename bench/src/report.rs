@@ -410,6 +410,8 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
                     Filter::Tc,
                     Filter::TouchDrop,
                     Filter::LookupFloor,
+                    Filter::LookupFloorV4Key,
+                    Filter::LookupFloorHash,
                 ] {
                     let Some(c) = cells.get(f.label()) else {
                         continue;
