@@ -13,7 +13,7 @@ mod programs {
         bindings::xdp_action,
         helpers::bpf_redirect,
         macros::{map, xdp},
-        maps::{Array, PerCpuArray},
+        maps::{Array, LruHashMap, PerCpuArray},
         programs::XdpContext,
     };
 
@@ -41,6 +41,52 @@ mod programs {
     static GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
     #[map]
     static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+    /// The floor under any per-source table of this shape: one LRU hash lookup with the
+    /// monitor's 16-byte key (IPv4-mapped address), pre-filled by user space, then drop.
+    #[map]
+    static FLOOR_LRU: LruHashMap<[u8; 16], u64> = LruHashMap::with_max_entries(1 << 20, 0);
+
+    /// IPv4 only: Ethernet, then the source address; anything else passes.
+    #[xdp]
+    pub fn bench_floor(ctx: XdpContext) -> u32 {
+        let data = ctx.data();
+        if data + ETH_LEN + 20 > ctx.data_end() {
+            return xdp_action::XDP_PASS;
+        }
+        let mut key = [0u8; 16];
+        key[10] = 0xff;
+        key[11] = 0xff;
+        unsafe {
+            let src = core::ptr::read_unaligned((data + ETH_LEN + 12) as *const [u8; 4]);
+            key[12..16].copy_from_slice(&src);
+        }
+        if FLOOR_LRU.get_ptr_mut(&key).is_none() {
+            return xdp_action::XDP_PASS;
+        }
+        if let Some(n) = DROPS.get_ptr_mut(0) {
+            unsafe { *n += 1 };
+        }
+        xdp_action::XDP_DROP
+    }
+
+    /// The trivial drop plus one read of the packet (the IPv4 source): what any filter that
+    /// looks at headers pays for bringing the frame into this core's cache.
+    #[xdp]
+    pub fn bench_touch(ctx: XdpContext) -> u32 {
+        let data = ctx.data();
+        if data + ETH_LEN + 20 > ctx.data_end() {
+            return xdp_action::XDP_PASS;
+        }
+        let src = unsafe { core::ptr::read_unaligned((data + ETH_LEN + 12) as *const u32) };
+        if src == 0 {
+            return xdp_action::XDP_PASS;
+        }
+        if let Some(n) = DROPS.get_ptr_mut(0) {
+            unsafe { *n += 1 };
+        }
+        xdp_action::XDP_DROP
+    }
 
     #[xdp]
     pub fn bench_pass(_ctx: XdpContext) -> u32 {

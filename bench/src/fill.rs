@@ -33,9 +33,14 @@ use std::os::fd::AsFd as _;
 
 /// Writes every (key, bucket) pair into the map behind `fd`.
 pub fn update_all(fd: i32, entries: &[(AddrKey, Bucket)]) -> io::Result<()> {
+    update_pairs(fd, entries)
+}
+
+/// Writes every (key, value) pair into the map behind `fd` (K and V: the map's exact types).
+pub fn update_pairs<K: Copy, V: Copy>(fd: i32, entries: &[(K, V)]) -> io::Result<()> {
     for chunk in entries.chunks(CHUNK) {
-        let keys: Vec<AddrKey> = chunk.iter().map(|(k, _)| *k).collect();
-        let values: Vec<Bucket> = chunk.iter().map(|(_, v)| *v).collect();
+        let keys: Vec<K> = chunk.iter().map(|(k, _)| *k).collect();
+        let values: Vec<V> = chunk.iter().map(|(_, v)| *v).collect();
         let mut attr = BatchAttr {
             keys: keys.as_ptr() as u64,
             values: values.as_ptr() as u64,

@@ -33,6 +33,11 @@ pub enum Filter {
     XdpNative,
     XdpGeneric,
     Tc,
+    /// Bench-only: one LRU lookup per packet in a pre-filled table of 16-byte keys, then
+    /// drop. The floor any table of this shape imposes at a given size.
+    LookupFloor,
+    /// Bench-only: the trivial drop after reading the IPv4 source from the frame.
+    TouchDrop,
 }
 
 impl Filter {
@@ -46,6 +51,8 @@ impl Filter {
             Filter::XdpNative => "monitor XDP native",
             Filter::XdpGeneric => "monitor XDP generic",
             Filter::Tc => "monitor TC ingress",
+            Filter::LookupFloor => "floor: 1 LRU lookup + XDP_DROP",
+            Filter::TouchDrop => "trivial: read source + XDP_DROP",
         }
     }
     pub fn is_peer(self) -> bool {
@@ -100,7 +107,7 @@ impl Rule {
 pub struct Installed {
     pub filter: Filter,
     kernel: Option<Kernel>,
-    trivial_link: Option<aya::programs::xdp::XdpLinkId>,
+    trivial_link: Option<(&'static str, aya::programs::xdp::XdpLinkId)>,
     base_drops: u64,
 }
 
@@ -148,6 +155,7 @@ pub fn install(
     t: &Topology,
     bench: &mut Bench,
     rule: &Rule,
+    sources_hint: u32,
 ) -> anyhow::Result<Installed> {
     let mut inst = Installed {
         filter: f,
@@ -166,7 +174,34 @@ pub fn install(
                     .attach(&t.api_if, XdpMode::Driver)?)
             })
             .context("attaching the trivial XDP_DROP")?;
-            inst.trivial_link = Some(link);
+            inst.trivial_link = Some(("bench_drop", link));
+        }
+        Filter::TouchDrop => {
+            inst.base_drops = bench.drops()?;
+            let link = net::within(&t.api, || {
+                Ok(bench
+                    .prog("bench_touch")?
+                    .attach(&t.api_if, XdpMode::Driver)?)
+            })
+            .context("attaching the touching trivial drop")?;
+            inst.trivial_link = Some(("bench_touch", link));
+        }
+        Filter::LookupFloor => {
+            inst.base_drops = bench.drops()?;
+            let map = bench.ebpf.map("FLOOR_LRU").context("FLOOR_LRU")?;
+            let fd = crate::fill::map_fd(map)?;
+            let n = sources_hint.max(1);
+            let entries: Vec<([u8; 16], u64)> = (0..n)
+                .map(|i| (crate::fill::v4_source(i).addr, 0u64))
+                .collect();
+            crate::fill::update_pairs(fd, &entries).context("pre-filling the floor table")?;
+            let link = net::within(&t.api, || {
+                Ok(bench
+                    .prog("bench_floor")?
+                    .attach(&t.api_if, XdpMode::Driver)?)
+            })
+            .context("attaching the lookup floor")?;
+            inst.trivial_link = Some(("bench_floor", link));
         }
         Filter::NftNetdev | Filter::NftInet => {
             let family = if f == Filter::NftNetdev {
@@ -267,7 +302,9 @@ impl Installed {
     /// and the trivial one count them in maps; the peers do not: see `throughput`).
     pub fn drops(&self, bench: &Bench) -> anyhow::Result<Option<u64>> {
         Ok(match self.filter {
-            Filter::TrivialDrop => Some(bench.drops()? - self.base_drops),
+            Filter::TrivialDrop | Filter::LookupFloor | Filter::TouchDrop => {
+                Some(bench.drops()? - self.base_drops)
+            }
             _ => match &self.kernel {
                 Some(k) => Some(k.stats()?.get(Stat::Dropped)),
                 None => None,
@@ -296,9 +333,9 @@ impl Installed {
         let table = format!("mb{}", std::process::id());
         match self.filter {
             Filter::NoFilter => {}
-            Filter::TrivialDrop => {
-                if let Some(link) = self.trivial_link.take() {
-                    bench.prog("bench_drop")?.detach(link)?;
+            Filter::TrivialDrop | Filter::LookupFloor | Filter::TouchDrop => {
+                if let Some((prog, link)) = self.trivial_link.take() {
+                    bench.prog(prog)?.detach(link)?;
                 }
             }
             Filter::NftNetdev => {

@@ -59,7 +59,7 @@ fn wants(args: &Args, part: &str) -> bool {
     args.only.is_empty() || args.only.iter().any(|p| p == part)
 }
 
-const ALL_FILTERS: [Filter; 8] = [
+const ALL_FILTERS: [Filter; 10] = [
     Filter::NoFilter,
     Filter::TrivialDrop,
     Filter::NftNetdev,
@@ -68,6 +68,8 @@ const ALL_FILTERS: [Filter; 8] = [
     Filter::XdpNative,
     Filter::XdpGeneric,
     Filter::Tc,
+    Filter::TouchDrop,
+    Filter::LookupFloor,
 ];
 
 fn run(args: &Args) -> anyhow::Result<()> {

@@ -29,7 +29,13 @@ pub struct Bench {
 impl Bench {
     pub fn load() -> anyhow::Result<Self> {
         let mut ebpf = Ebpf::load(BENCH_OBJECT).context("loading the bench eBPF object")?;
-        for name in ["bench_pass", "bench_drop", "bench_gen"] {
+        for name in [
+            "bench_pass",
+            "bench_drop",
+            "bench_gen",
+            "bench_floor",
+            "bench_touch",
+        ] {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
                 .with_context(|| format!("{name} missing"))?

@@ -244,7 +244,8 @@ impl Runner<'_> {
     ) -> anyhow::Result<Sample> {
         let frame = set_gen(self.bench, tr, regime.sources, self.t.gen_ifindex)?;
         let mem_before = slab_vmalloc_kb();
-        let mut inst: Installed = filters::install(f, self.t, self.bench, &Rule::STRICT)?;
+        let mut inst: Installed =
+            filters::install(f, self.t, self.bench, &Rule::STRICT, regime.sources)?;
         let result = (|| {
             if regime.warm && (f.is_peer() || f.is_ours()) {
                 self.t.pin_napi(&[RX_CPU])?;

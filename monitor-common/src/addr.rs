@@ -25,9 +25,7 @@ impl AddrKey {
     // store forwarding, which showed as the hottest instruction of the kernel program.
 
     pub const fn from_v4(octets: [u8; 4]) -> Self {
-        let lo = u64::from_ne_bytes([
-            0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
-        ]);
+        let lo = u64::from_ne_bytes([0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]]);
         Self::from_words(0, lo)
     }
 

@@ -15,7 +15,7 @@ pub mod kind {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
-    /// Monotonic (coarse) ns when the kernel emitted it.
+    /// CLOCK_MONOTONIC ns when the kernel emitted it.
     pub ts_ns: u64,
     /// The masked key (source or aggregate prefix), IPv4 in mapped form.
     pub addr: [u8; 16],

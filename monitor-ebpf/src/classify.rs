@@ -10,7 +10,7 @@
 //! neighbours' shared aggregate. One admitted by its source and refused by the aggregate keeps
 //! the source's token spent (the source did send it), and the aggregate's is not spent.
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_log_ebpf::{info, warn};
 use monitor_common::{
     addr::AddrKey,
@@ -74,7 +74,7 @@ pub fn classify<F: Frame>(frame: &F) -> Verdict {
         return not_monitored();
     };
     count(Stat::Monitored);
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = unsafe { bpf_ktime_get_ns() };
     let verdict = decide(frame, &pkt, cfg, now);
     count(match verdict {
         Verdict::Pass => Stat::Passed,

@@ -1,5 +1,5 @@
-//! The kernel program stamps bans, list expiries and events with the coarse monotonic clock
-//! (`bpf_ktime_get_coarse_ns`); this reads the same clock and converts its instants to wall time.
+//! The kernel program stamps bans, list expiries and events with the monotonic clock
+//! (`bpf_ktime_get_ns`); this reads the same clock and converts its instants to wall time.
 
 use std::time::{Duration, SystemTime};
 
@@ -13,9 +13,9 @@ fn read(clock: libc::clockid_t) -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Now, on the kernel program's clock (CLOCK_MONOTONIC_COARSE).
+/// Now, on the kernel program's clock (CLOCK_MONOTONIC).
 pub fn kernel_now_ns() -> u64 {
-    read(libc::CLOCK_MONOTONIC_COARSE)
+    read(libc::CLOCK_MONOTONIC)
 }
 
 /// The wall-clock time of a kernel timestamp.
