@@ -341,6 +341,8 @@ fn a_ban_drops_everything_from_the_source_and_expires_on_time() {
             "4s",
             "--max-sources",
             "4096",
+            "--log-format",
+            "json",
         ],
     );
     let (a, dst) = ("10.212.0.11", "10.212.0.1");
@@ -349,10 +351,23 @@ fn a_ban_drops_everything_from_the_source_and_expires_on_time() {
     let line = d
         .stdout
         .wait_line(REPORT, |l| {
-            l.contains("offender ban") && l.contains("10.212.0.11/32")
+            l.contains("\"event\":\"ban\"") && l.contains("10.212.0.11/32")
         })
         .unwrap_or_else(|| panic!("no ban line: {}", d.stdout.text()));
-    assert!(!line.contains("banned_until=-"), "{line}");
+    let event: Value = serde_json::from_str(&line).expect("--log-format json: one object a line");
+    assert_eq!(event["source"], "10.212.0.11/32", "{event}");
+    assert_eq!(event["port"], 8443);
+    assert_eq!(event["action"], "drop");
+    assert!(
+        event["banned_until"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{event}"
+    );
+    for l in d.stderr.text().lines() {
+        serde_json::from_str::<Value>(l)
+            .unwrap_or_else(|e| panic!("diagnostic not JSON ({e}): {l}"));
+    }
     // Without the ban, 2 s at 2/s would have refilled the bucket; with it, nothing passes.
     std::thread::sleep(Duration::from_secs(2).saturating_sub(started.elapsed()));
     assert!(!one(&link, a, dst), "banned source got through");

@@ -181,3 +181,33 @@ pub struct StatusReply {
 pub struct Done {
     pub message: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wire format is what a CLI of one version and a daemon of another must agree on.
+    #[test]
+    fn requests_and_replies_have_a_stable_json_shape() {
+        let top = serde_json::to_value(Request::Top {
+            limit: 20,
+            level: None,
+        })
+        .unwrap();
+        assert_eq!(
+            top,
+            serde_json::json!({"command": "top", "limit": 20, "level": null})
+        );
+        let set = serde_json::to_value(Request::Set(SetRequest::Rate("10/s".into()))).unwrap();
+        assert_eq!(
+            set,
+            serde_json::json!({"command": "set", "setting": "rate", "value": "10/s"})
+        );
+        let block: Request =
+            serde_json::from_str(r#"{"command":"block","cidr":"10.0.0.0/8","for":"1h"}"#).unwrap();
+        assert!(matches!(block, Request::Block { duration: Some(d), .. } if d == "1h"));
+        let err = serde_json::to_string(&Response::Error("no".into())).unwrap();
+        assert_eq!(err, r#"{"error":"no"}"#);
+        assert!(serde_json::from_str::<Request>(r#"{"command":"reboot"}"#).is_err());
+    }
+}

@@ -147,7 +147,8 @@ fn attach_xdp(
         XdpModeSetting::Auto => match xdp.attach(iface, XdpMode::Driver) {
             Ok(id) => (id, "native"),
             Err(e) => {
-                warn!("{iface}: native XDP refused ({e}); falling back to generic (skb) XDP");
+                let e = anyhow::Error::from(e);
+                warn!("{iface}: native XDP refused ({e:#}); falling back to generic (skb) XDP");
                 (
                     xdp.attach(iface, XdpMode::Skb)
                         .with_context(|| format!("attaching XDP (skb) to {iface}"))?,

@@ -81,7 +81,8 @@ pub struct Snapshot {
     pub active_bans: u64,
     /// The busiest keys of both levels, highest rate first.
     pub rows: Vec<TopRow>,
-    /// Per-key rate (requests/s) of every key that sent anything in the last interval.
+    /// Per-key rate (requests/s) of the keys that have had requests refused (the only keys
+    /// events are about), for an event that arrives before its key's second event.
     pub rates: KeyMap<f64>,
 }
 
@@ -109,6 +110,9 @@ impl Prefixes {
 pub struct Sampler {
     reader: TableReader,
     previous: KeyMap<(u64, u64)>,
+    /// The map before `previous`, kept to be cleared and refilled: allocating (and faulting
+    /// in) a fresh million-entry map every second costs more than the inserts.
+    spare: KeyMap<(u64, u64)>,
     previous_at: Option<Instant>,
 }
 
@@ -123,6 +127,7 @@ impl Sampler {
         Self {
             reader,
             previous: KeyMap::default(),
+            spare: KeyMap::default(),
             previous_at: None,
         }
     }
@@ -147,8 +152,9 @@ impl Sampler {
             .filter(|(_, b)| b.until_ns > now_k)
             .map(|(k, b)| (*k, b.until_ns))
             .collect();
-        let mut current =
-            KeyMap::with_capacity_and_hasher(sources.len() + aggregates.len(), Default::default());
+        let mut current = std::mem::take(&mut self.spare);
+        current.clear();
+        current.reserve(sources.len() + aggregates.len());
         let mut rates = KeyMap::default();
         let mut candidates: Vec<(f64, Level, AddrKey, Bucket)> = Vec::with_capacity(2 * MAX_ROWS);
         // Busiest first; among equals, the most requests overall.
@@ -176,7 +182,7 @@ impl Sampler {
                 } else {
                     delta_req as f64 / secs
                 };
-                if rate > 0.0 {
+                if rate > 0.0 && bucket.refused > 0 {
                     rates.insert(id, rate);
                 }
                 if !first && delta_ref > 0 {
@@ -224,7 +230,7 @@ impl Sampler {
                 }
             })
             .collect();
-        self.previous = current;
+        self.spare = std::mem::replace(&mut self.previous, current);
         self.previous_at = Some(started);
         let snapshot = Snapshot {
             taken_at: Some(now_w),
