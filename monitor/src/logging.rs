@@ -82,10 +82,12 @@ pub fn init(format: LogFormat) {
     }
 }
 
-/// Writes one offender event line to stdout (flushed: these lines are what operators grep and
-/// what log shippers read).
-pub fn event_line(line: &str) {
+/// Writes a batch of offender event lines (each ending in a newline) to stdout in one write
+/// and flushes: these lines are what operators grep and what log shippers read. One write per
+/// ring-buffer drain rather than per line keeps a flood of events from costing a system call
+/// each.
+pub fn event_lines(lines: &str) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
+    let _ = out.write_all(lines.as_bytes());
     let _ = out.flush();
 }

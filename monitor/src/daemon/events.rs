@@ -50,6 +50,7 @@ pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<
         let snapshot = shared.snapshot();
         let format = shared.log_format;
         let mut sightings = Vec::with_capacity(batch.len());
+        let mut lines = String::with_capacity(batch.len() * 160);
         for ev in &batch {
             let lvl = if ev.level == level::AGGREGATE {
                 Level::Aggregate
@@ -66,7 +67,8 @@ pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<
             let rate = rate.map(|r| (r * 10.0).round() / 10.0);
             let at = clock::to_wall(ev.ts_ns);
             let source = Cidr::from_key(&key, ev.prefix_len).to_string();
-            logging::event_line(&line(format, ev, lvl, &source, rate, at));
+            lines.push_str(&line(format, ev, lvl, &source, rate, at));
+            lines.push('\n');
             shared.metrics.events_received.inc();
             sightings.push(Sighting {
                 source,
@@ -78,6 +80,7 @@ pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<
                 event: true,
             });
         }
+        logging::event_lines(&lines);
         shared.record_history(sightings).await;
     }
 }
