@@ -385,11 +385,11 @@ async fn log_forwarder(logger: EbpfLogger<logging::KernelLog>) {
 }
 
 async fn sample_loop(mut sampler: Sampler, shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(sampler::INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_error_logged: Option<Instant> = None;
+    let mut next_start = Instant::now();
     loop {
-        tick.tick().await;
+        tokio::time::sleep_until(next_start.into()).await;
+        let started = Instant::now();
         let prefixes = {
             let w = shared.writer();
             let p = w.policy();
@@ -413,6 +413,7 @@ async fn sample_loop(mut sampler: Sampler, shared: Arc<Shared>) {
                 return;
             }
         };
+        next_start = started + sampler::period_after(started.elapsed());
         let m = &shared.metrics;
         match out {
             Ok(out) => {

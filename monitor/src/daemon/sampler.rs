@@ -14,7 +14,18 @@ use monitor_common::{addr::AddrKey, maps::Bucket};
 
 use crate::{cidr::Cidr, clock, control::TopRow, history::Sighting, kernel::TableReader, timefmt};
 
+/// The shortest time between the starts of two samples.
 pub const INTERVAL: Duration = Duration::from_secs(1);
+/// The share of one core sampling may use. A sample of a million tracked sources takes about
+/// a second here, so sampling every second would keep a core busy; instead the period
+/// stretches to `took / MAX_CPU_SHARE` (about 25 s at a million sources). Rates are computed
+/// over the real time between samples, and events are not affected.
+pub const MAX_CPU_SHARE: f64 = 0.04;
+
+/// Time from the start of a sample that took `took` to the start of the next.
+pub fn period_after(took: Duration) -> Duration {
+    INTERVAL.max(took.div_f64(MAX_CPU_SHARE))
+}
 
 /// A multiply-fold hasher for table keys. The keys are addresses the kernel already chose to
 /// track, a million of them are hashed every second, and SipHash's flood resistance buys
@@ -272,5 +283,19 @@ mod tests {
             "only {} distinct low-bit values",
             low.len()
         );
+    }
+}
+
+#[cfg(test)]
+mod pacing_tests {
+    use super::*;
+
+    #[test]
+    fn sampling_stays_within_its_share_of_a_core() {
+        assert_eq!(period_after(Duration::from_millis(5)), INTERVAL);
+        let took = Duration::from_millis(900);
+        let period = period_after(took);
+        assert!(took.as_secs_f64() / period.as_secs_f64() <= MAX_CPU_SHARE + 1e-9);
+        assert!(period <= Duration::from_secs(23), "{period:?}");
     }
 }
