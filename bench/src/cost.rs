@@ -210,7 +210,7 @@ pub fn run(sources: &[u32], rounds: usize, repeat: u32) -> anyhow::Result<CostRe
         (key(v6_drop, true), far),
     ];
     let fd = fill::map_fd(kernel.ebpf_mut().map(MAP_SOURCES).context("MON_SOURCES")?)?;
-    fill::update_all(fd, &measured).context("writing the measured sources")?;
+    monitor::batch::write_all(fd, &measured).context("writing the measured sources")?;
 
     let mut ns: BTreeMap<String, BTreeMap<u32, Summary>> = BTreeMap::new();
     let mut filled = measured.len() as u32;
@@ -230,7 +230,7 @@ pub fn run(sources: &[u32], rounds: usize, repeat: u32) -> anyhow::Result<CostRe
                     )
                 })
                 .collect();
-            fill::update_all(fd, &extra).context("pre-filling the source table")?;
+            monitor::batch::write_all(fd, &extra).context("pre-filling the source table")?;
             filled = n;
         }
         let tracked = monitor::batch::read_all::<AddrKey, Bucket>(fd)

@@ -206,12 +206,12 @@ pub fn install(
                 let entries: Vec<([u8; 4], u64)> = (0..n)
                     .map(|i| (crate::fill::V4_BASE.wrapping_add(i).to_be_bytes(), 0u64))
                     .collect();
-                crate::fill::update_pairs(fd, &entries).context("pre-filling the floor table")?;
+                monitor::batch::write_all(fd, &entries).context("pre-filling the floor table")?;
             } else {
                 let entries: Vec<([u8; 16], u64)> = (0..n)
                     .map(|i| (crate::fill::v4_source(i).addr, 0u64))
                     .collect();
-                crate::fill::update_pairs(fd, &entries).context("pre-filling the floor table")?;
+                monitor::batch::write_all(fd, &entries).context("pre-filling the floor table")?;
             }
             let link = net::within(&t.api, || {
                 Ok(bench.prog(prog)?.attach(&t.api_if, XdpMode::Driver)?)

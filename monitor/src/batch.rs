@@ -1,10 +1,12 @@
-//! Whole-map reads with `BPF_MAP_LOOKUP_BATCH`: thousands of entries per system call, where
-//! aya's iterator costs two calls per entry. `monitor top` over a million tracked sources
-//! depends on this.
+//! Whole-map reads and writes with `BPF_MAP_LOOKUP_BATCH` / `BPF_MAP_UPDATE_BATCH`: thousands
+//! of entries per system call, where aya's iterator costs two calls per entry. `monitor top`
+//! over a million tracked sources depends on the reads; benchmarks and scale tests pre-fill
+//! tables with the writes.
 
 use std::{io, mem::size_of};
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 /// Entries asked for per call. Large enough that no hash bucket overflows it (ENOSPC).
 const CHUNK: usize = 16_384;
 
@@ -70,4 +72,32 @@ pub fn read_all<K: aya::Pod, V: aya::Pod>(map_fd: i32) -> io::Result<Vec<(K, V)>
         cursor = next;
         first = false;
     }
+}
+
+/// Writes every (key, value) pair into a hash or LRU hash map. `K` and `V` must be the map's
+/// exact key and value types (plain `#[repr(C)]` data).
+pub fn write_all<K: aya::Pod, V: aya::Pod>(map_fd: i32, entries: &[(K, V)]) -> io::Result<()> {
+    for chunk in entries.chunks(CHUNK) {
+        let keys: Vec<K> = chunk.iter().map(|(k, _)| *k).collect();
+        let values: Vec<V> = chunk.iter().map(|(_, v)| *v).collect();
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: chunk.len() as u32,
+            map_fd: map_fd as u32,
+            ..Default::default()
+        };
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                &mut attr as *mut BatchAttr,
+                size_of::<BatchAttr>() as u32,
+            )
+        };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
