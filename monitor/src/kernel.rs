@@ -25,7 +25,7 @@ use monitor_common::{
 use crate::cidr::Cidr;
 
 /// The eBPF object built by build.rs (aya-build) from `monitor-ebpf`.
-pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor-ebpf"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
