@@ -499,6 +499,31 @@ impl Settings {
 }
 
 impl Policy {
+    /// A one-line warning when bans are on while counting what an off-path spoofer can forge:
+    /// `syn` and `packets` count packets whose source address nobody checked, so a spoofer can
+    /// spend any source's budget and get it banned.
+    pub fn spoofable_bans_warning(&self) -> Option<String> {
+        let forgeable = matches!(self.count, CountMode::Syn | CountMode::Packets);
+        (forgeable && !self.ban.is_zero()).then(|| {
+            format!(
+                "bans are on (ban {}) with count {}: that mode counts packets an off-path spoofer can forge with any source address, so a spoofer can get real clients banned; use count payload or http with bans, or ban 0",
+                format_duration(self.ban),
+                self.count
+            )
+        })
+    }
+
+    /// The warning, when going from `self` to `new` changed the ban or the counting mode and
+    /// `new` bans on a forgeable count.
+    pub fn spoofable_bans_change(&self, new: &Policy) -> Option<String> {
+        let touched = self.count != new.count || self.ban != new.ban;
+        if touched {
+            new.spoofable_bans_warning()
+        } else {
+            None
+        }
+    }
+
     /// Checks what the kernel's arithmetic and layout require.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.source_limit()?;
@@ -644,6 +669,39 @@ mod tests {
             (s.max_sources, s.socket, s.db),
             (d.max_sources, d.socket, d.db)
         );
+    }
+
+    #[test]
+    fn bans_on_a_forgeable_count_warn_in_one_line() {
+        let policy = |f: fn(&mut Layer)| Settings::resolve(&flags(f), None, None).unwrap().policy;
+        assert_eq!(policy(|_| {}).spoofable_bans_warning(), None);
+        assert_eq!(
+            policy(|l| l.count = Some(CountMode::Syn)).spoofable_bans_warning(),
+            None,
+            "no bans, no warning"
+        );
+        assert_eq!(
+            policy(|l| l.ban = Some(Duration::from_secs(600))).spoofable_bans_warning(),
+            None,
+            "payload counting is not forgeable off-path"
+        );
+        for mode in [CountMode::Syn, CountMode::Packets] {
+            let p = Settings::resolve(
+                &flags(|l| {
+                    l.count = Some(mode);
+                    l.ban = Some(Duration::from_secs(600));
+                }),
+                None,
+                None,
+            )
+            .unwrap()
+            .policy;
+            let w = p.spoofable_bans_warning().expect("a warning");
+            assert!(
+                w.contains(mode.as_str()) && w.contains("spoofer") && !w.contains('\n'),
+                "{w}"
+            );
+        }
     }
 
     #[test]
