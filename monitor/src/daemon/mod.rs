@@ -10,6 +10,7 @@
 
 pub mod attach;
 pub mod control;
+pub mod event_lines;
 pub mod events;
 pub mod preflight;
 pub mod sampler;
@@ -273,8 +274,9 @@ async fn serve(settings: Settings, flags: Layer, socket_flag: Option<PathBuf>) -
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(log_forwarder(logger));
     let s = shared.clone();
+    let line_limit = settings.event_lines;
     tasks.spawn(async move {
-        if let Err(e) = events::run(ring, s).await {
+        if let Err(e) = events::run(ring, s, line_limit).await {
             error!("event reader stopped: {e:#}");
         }
     });
