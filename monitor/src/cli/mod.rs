@@ -271,3 +271,35 @@ fn list_request(list: ListName, op: ListOp) -> Request {
         ListOp::List => Request::ListShow { list },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("monitor").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn row_counts_above_what_a_frame_holds_are_usage_errors() {
+        for (cmd, max) in [("offenders", MAX_OFFENDER_ROWS), ("top", MAX_TOP_ROWS)] {
+            assert!(parse(&[cmd, "--limit", &max.to_string()]).is_ok());
+            for bad in [
+                (max + 1).to_string(),
+                "0".to_string(),
+                usize::MAX.to_string(),
+            ] {
+                let err = parse(&[cmd, "--limit", &bad]).expect_err(&bad);
+                // Not help or version: `main` maps these to exit code 2.
+                assert!(
+                    !matches!(
+                        err.kind(),
+                        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+                    ),
+                    "{err}"
+                );
+                assert!(err.to_string().contains("1..=1000"), "{err}");
+            }
+        }
+    }
+}
