@@ -181,6 +181,10 @@ fn bad_commands_get_one_line_errors_and_the_daemon_keeps_working() {
         &["set", "rate", "lots"],
         &["set", "action", "explode"],
         &["frobnicate"],
+        &["top", "--limit", "0"],
+        &["top", "--limit", "1001"],
+        &["offenders", "--limit", "1001"],
+        &["offenders", "--limit", "18446744073709551615"],
     ];
     for args in usage {
         let out = Command::new(bin())
@@ -199,7 +203,6 @@ fn bad_commands_get_one_line_errors_and_the_daemon_keeps_working() {
         &["unblock", "203.0.113.9"],
         &["allow", "rm", "203.0.113.0/24"],
         &["set", "port", "rm", "8443"],
-        &["top", "--limit", "0"],
     ] {
         let err = d.cli(args).expect_err(&format!("{args:?} must fail"));
         one_line(&err);
