@@ -198,6 +198,10 @@ pub struct Layer {
     #[arg(long, value_name = "N")]
     pub burst: Option<u64>,
     /// What counts as one request [default: payload].
+    ///
+    /// `syn` and `packets` count packets whose source address an off-path spoofer can forge,
+    /// so with --ban a spoofer can get real clients banned (the daemon warns). `syn` counts
+    /// connections, not requests: a keep-alive client sends many requests per connection.
     #[arg(long, value_name = "syn|packets|payload|http")]
     pub count: Option<CountMode>,
     /// With --count http: count only requests whose path starts with PREFIX.
