@@ -238,10 +238,14 @@ async fn serve_with(listener: TcpListener, metrics: Arc<Metrics>, max_connection
             continue;
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            // Best effort, without waiting: the peer learns why before the close.
-            let _ = stream.try_write(
-                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            );
+            // Best effort, without waiting (a plain non-blocking write on the descriptor): the
+            // peer learns why before the close.
+            if let Ok(mut std_stream) = stream.into_std() {
+                let _ = std::io::Write::write(
+                    &mut std_stream,
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
             continue;
         };
         let metrics = metrics.clone();

@@ -132,7 +132,7 @@ pub async fn serve<M: Maps>(
                     None => {
                         drop(s);
                         shared.metrics.control_errors.inc();
-                        refuse_busy(&stream, limits.max_connections);
+                        refuse_busy(stream, limits.max_connections);
                         continue;
                     }
                 }
@@ -168,14 +168,18 @@ pub async fn serve<M: Maps>(
 /// Tells a newcomer that every connection is busy, without waiting on it: the reply is tiny
 /// and the socket buffer empty, so one non-blocking write either goes through or the peer
 /// was not going to read it anyway.
-fn refuse_busy(stream: &UnixStream, max: usize) {
+fn refuse_busy(stream: UnixStream, max: usize) {
     let body = encode(&Response::Error(format!(
         "the daemon is busy: all {max} control connections are running commands; try again in a moment"
     )));
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
     frame.extend_from_slice(&body);
-    let _ = stream.try_write(&frame);
+    // A plain non-blocking write on the descriptor: tokio's `try_write` would refuse until
+    // the runtime has seen the new socket's readiness.
+    if let Ok(mut std_stream) = stream.into_std() {
+        let _ = std::io::Write::write(&mut std_stream, &frame);
+    }
 }
 
 fn encode(response: &Response) -> Vec<u8> {
