@@ -241,16 +241,23 @@ pub mod fake {
         }
     }
 
-    /// Settings as `monitor run --iface eth0 --port 443` plus `f`, and a history in a
-    /// temporary database.
+    /// Settings as `monitor run --iface eth0 --port 443` plus `f`, and an in-memory history.
     pub fn shared(f: impl FnOnce(&mut Layer)) -> Shared<FakeMaps> {
+        shared_with(f, None)
+    }
+
+    /// The same, with a config file (for reload).
+    pub fn shared_with(
+        f: impl FnOnce(&mut Layer),
+        config: Option<&std::path::Path>,
+    ) -> Shared<FakeMaps> {
         let mut flags = Layer {
             iface: vec!["eth0".into()],
             port: vec![443],
             ..Layer::default()
         };
         f(&mut flags);
-        let settings = Settings::resolve(&flags, None, None).expect("valid test settings");
+        let settings = Settings::resolve(&flags, None, config).expect("valid test settings");
         let maps = FakeMaps {
             policy: Some(settings.policy.clone()),
             ..FakeMaps::default()

@@ -64,3 +64,45 @@ pub fn run<M: Maps>(shared: &Shared<M>) -> Result<Value> {
     };
     Ok(json(Done { message }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::CountMode, daemon::control::fake};
+
+    #[test]
+    fn a_reload_applies_the_file_and_warns_when_it_turns_on_bans_with_a_forgeable_count() {
+        let dir = std::env::temp_dir().join(format!(
+            "monitor-reload-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("m.toml");
+        std::fs::write(&file, "ban = \"10m\"\n").unwrap();
+        let shared = fake::shared_with(|_| {}, Some(&file));
+        let message = |v: Value| v["message"].as_str().unwrap().to_string();
+        assert_eq!(message(run(&shared).unwrap()), "reloaded: nothing changed");
+        std::fs::write(&file, "ban = \"10m\"\ncount = \"syn\"\nrate = \"5/s\"\n").unwrap();
+        let m = message(run(&shared).unwrap());
+        assert!(
+            m.contains("count: payload -> syn") && m.contains("rate: 20/s -> 5/s"),
+            "{m}"
+        );
+        assert!(m.contains("warning: bans are on"), "{m}");
+        assert_eq!(shared.writer().policy().count, CountMode::Syn);
+        assert_eq!(shared.settings().policy.count, CountMode::Syn);
+        std::fs::write(&file, "ban = \"10m\"\ncount = \"syn\"\nrate = \"6/s\"\n").unwrap();
+        let m = message(run(&shared).unwrap());
+        assert!(!m.contains("warning"), "count and ban unchanged: {m}");
+        std::fs::write(&file, "rate = \"fast\"\n").unwrap();
+        let err = run(&shared).unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+        assert_eq!(
+            shared.writer().policy().rate.to_string(),
+            "6/s",
+            "kept on error"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
