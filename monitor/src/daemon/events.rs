@@ -225,3 +225,48 @@ fn line(
         .to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::daemon::event_lines::Busiest;
+
+    #[test]
+    fn a_summary_is_one_line_in_either_format() {
+        let s = Summary {
+            sources: 979,
+            lines: 1200,
+            dropped: Some(40_211),
+            busiest: vec![
+                Busiest {
+                    source: "198.51.100.9/32".into(),
+                    level: Level::Source,
+                    rate: Some(4210.5),
+                },
+                Busiest {
+                    source: "203.0.113.0/24".into(),
+                    level: Level::Aggregate,
+                    rate: None,
+                },
+            ],
+            window: Duration::from_millis(1_002),
+        };
+        let limit: Rate = "20/s".parse().unwrap();
+        let text = summary_line(LogFormat::Text, &s, limit);
+        assert!(!text.contains('\n'));
+        assert!(
+            text.contains(
+                "offender summary: 979 more sources over their limit in the last 1s (1200 lines held back, event lines capped at 20/s); requests dropped=40211; busiest: 198.51.100.9/32 (4210.5/s), 203.0.113.0/24"
+            ),
+            "{text}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&summary_line(LogFormat::Json, &s, limit)).unwrap();
+        assert_eq!(json["event"], "summary");
+        assert_eq!(json["sources"], 979);
+        assert_eq!(json["requests_dropped"], 40_211);
+        assert_eq!(json["busiest"][1]["level"], "aggregate");
+    }
+}
