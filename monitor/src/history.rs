@@ -1,12 +1,63 @@
 //! The offender history: one row per offending prefix (first seen, last seen, peak rate,
 //! requests dropped, times banned) in an embedded SQLite database, so `monitor offenders`
-//! answers across restarts. Writes come in batches, one transaction each.
+//! answers across restarts.
+//!
+//! Bounded by construction, because an attacker chooses how many addresses it floods from:
+//! - sightings are merged in memory ([`Pending`], at most [`MAX_PENDING`] keys) and written
+//!   in one transaction per flush (the daemon flushes once a second, or sooner when the
+//!   buffer is full);
+//! - each flush then deletes rows last seen before the retention period, and, above the row
+//!   cap, the least important rows: fewest requests dropped first, and among equals the
+//!   longest unseen. A spoofed flood from a million addresses that each lose a request or two
+//!   therefore churns among its own rows, and the sources that lost the most stay;
+//! - the file does not grow past the pages the capped rows need (SQLite reuses freed pages;
+//!   the write-ahead log is truncated after checkpoints).
+//!
+//! `PRAGMA user_version` holds the number of [`MIGRATIONS`] applied. A database written before
+//! the schema was versioned reads as version 0 and its table is adopted as it is.
 
-use std::path::Path;
+use std::{
+    collections::HashMap,
+    path::Path,
+    time::{Duration, Instant},
+};
 
-use rusqlite::{Connection, OptionalExtension as _, params};
+use rusqlite::{Connection, Transaction, params};
 
 use crate::{control::OffenderRow, timefmt};
+
+/// Rows older than this (by last sighting) are deleted.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+/// Row cap. About 100 bytes of file per row with its indexes: 20-30 MB at the cap.
+pub const DEFAULT_MAX_ROWS: u64 = 200_000;
+/// Distinct keys buffered between flushes; a full buffer flushes at once.
+pub const MAX_PENDING: usize = 20_000;
+/// Above the cap, delete down to this share of it, so a flood does not prune on every flush.
+const PRUNE_TO: f64 = 0.9;
+/// The write-ahead log is truncated to this after a checkpoint.
+const WAL_LIMIT_BYTES: i64 = 16 << 20;
+
+/// Schema steps, applied in order, each in its own transaction with the `user_version` bump.
+/// `user_version` = how many have been applied. Append only: a new column or table is a new
+/// step (`ALTER TABLE offenders ADD COLUMN ...`), never an edit of an old one.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the schema as shipped before versioning (IF NOT EXISTS adopts such a database).
+    "CREATE TABLE IF NOT EXISTS offenders (
+        source TEXT NOT NULL,
+        level TEXT NOT NULL,
+        first_seen_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        peak_rate REAL NOT NULL DEFAULT 0,
+        dropped INTEGER NOT NULL DEFAULT 0,
+        times_banned INTEGER NOT NULL DEFAULT 0,
+        events INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (source, level)
+    );
+    CREATE INDEX IF NOT EXISTS offenders_last_seen ON offenders (last_seen_ms);",
+    // 2: one index in importance order: `offenders` reads it backwards (most dropped first),
+    // the row cap deletes from its front (least important first).
+    "CREATE INDEX IF NOT EXISTS offenders_importance ON offenders (dropped, last_seen_ms);",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
@@ -16,8 +67,35 @@ pub enum HistoryError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error(
+        "offender database {path} has schema version {found}, newer than this monitor's {known}: \
+         run the newer monitor, or move the file away to start a new history"
+    )]
+    Newer {
+        path: String,
+        found: i64,
+        known: i64,
+    },
     #[error("offender database: {0}")]
     Sql(#[from] rusqlite::Error),
+}
+
+/// How much history is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Rows last seen longer ago than this are deleted; zero keeps rows of any age.
+    pub max_age: Duration,
+    /// At most this many rows (at least 1).
+    pub max_rows: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            max_age: DEFAULT_RETENTION,
+            max_rows: DEFAULT_MAX_ROWS,
+        }
+    }
 }
 
 /// One observation of an offender, from a kernel event or from the sampler.
@@ -33,54 +111,140 @@ pub struct Sighting {
     pub event: bool,
 }
 
+/// Sightings merged per key, exactly as the database merges them into a row.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Merged {
+    first_ms: i64,
+    last_ms: i64,
+    peak_rate: f64,
+    dropped: u64,
+    bans: u64,
+    events: u64,
+}
+
+/// The buffer between the daemon's producers (event drains, samples) and the database.
+#[derive(Default)]
+pub struct Pending {
+    rows: HashMap<(String, &'static str), Merged>,
+}
+
+impl Pending {
+    /// Merges `s`; true when the buffer is full and should be flushed now.
+    pub fn add(&mut self, s: Sighting) -> bool {
+        let m = Merged {
+            first_ms: s.at_ms,
+            last_ms: s.at_ms,
+            peak_rate: s.rate,
+            dropped: s.dropped,
+            bans: s.banned as u64,
+            events: s.event as u64,
+        };
+        self.rows
+            .entry((s.source, s.level))
+            .and_modify(|r| {
+                r.first_ms = r.first_ms.min(m.first_ms);
+                r.last_ms = r.last_ms.max(m.last_ms);
+                r.peak_rate = r.peak_rate.max(m.peak_rate);
+                r.dropped += m.dropped;
+                r.bans += m.bans;
+                r.events += m.events;
+            })
+            .or_insert(m);
+        self.rows.len() >= MAX_PENDING
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+/// What one flush did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flushed {
+    pub written: u64,
+    /// Rows deleted for age or for the cap.
+    pub pruned: u64,
+    pub rows: u64,
+}
+
 pub struct History {
     conn: Connection,
+    retention: Retention,
 }
 
 impl History {
-    pub fn open(path: &Path) -> Result<Self, HistoryError> {
+    pub fn open(path: &Path, retention: Retention) -> Result<Self, HistoryError> {
         let open_err = |source| HistoryError::Open {
             path: path.display().to_string(),
             source,
         };
-        let conn = Connection::open(path).map_err(open_err)?;
+        let mut conn = Connection::open(path).map_err(open_err)?;
         // WAL keeps readers (offenders queries) from blocking the writer, and a crash loses at
         // most the transaction in flight.
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
+        conn.pragma_update(None, "journal_size_limit", WAL_LIMIT_BYTES)
             .map_err(open_err)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS offenders (
-                source TEXT NOT NULL,
-                level TEXT NOT NULL,
-                first_seen_ms INTEGER NOT NULL,
-                last_seen_ms INTEGER NOT NULL,
-                peak_rate REAL NOT NULL DEFAULT 0,
-                dropped INTEGER NOT NULL DEFAULT 0,
-                times_banned INTEGER NOT NULL DEFAULT 0,
-                events INTEGER NOT NULL DEFAULT 0,
-                PRIMARY KEY (source, level)
-            );
-            CREATE INDEX IF NOT EXISTS offenders_last_seen ON offenders (last_seen_ms);",
-        )
-        .map_err(open_err)?;
-        Ok(Self { conn })
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(open_err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(open_err)?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(HistoryError::Newer {
+                path: path.display().to_string(),
+                found: version,
+                known,
+            });
+        }
+        for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction().map_err(open_err)?;
+            tx.execute_batch(step).map_err(open_err)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)
+                .map_err(open_err)?;
+            tx.commit().map_err(open_err)?;
+        }
+        Ok(Self {
+            conn,
+            retention: Retention {
+                max_rows: retention.max_rows.max(1),
+                ..retention
+            },
+        })
     }
 
-    /// Records a batch in one transaction.
-    pub fn record(&mut self, sightings: &[Sighting]) -> Result<(), HistoryError> {
-        if sightings.is_empty() {
-            return Ok(());
+    pub fn schema_version(&self) -> Result<i64, HistoryError> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    /// Records a batch in one transaction (merging it first), then prunes.
+    pub fn record(&mut self, sightings: &[Sighting], now_ms: i64) -> Result<Flushed, HistoryError> {
+        let mut pending = Pending::default();
+        for s in sightings {
+            pending.add(s.clone());
         }
+        self.flush(&mut pending, now_ms)
+    }
+
+    /// Writes and empties `pending` in one transaction, and prunes in the same transaction.
+    pub fn flush(&mut self, pending: &mut Pending, now_ms: i64) -> Result<Flushed, HistoryError> {
+        let retention = self.retention;
         let tx = self.conn.transaction()?;
+        let mut out = Flushed::default();
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO offenders (source, level, first_seen_ms, last_seen_ms, peak_rate,
                                         dropped, times_banned, events)
-                 VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (source, level) DO UPDATE SET
                     first_seen_ms = min(first_seen_ms, excluded.first_seen_ms),
                     last_seen_ms = max(last_seen_ms, excluded.last_seen_ms),
@@ -89,51 +253,137 @@ impl History {
                     times_banned = times_banned + excluded.times_banned,
                     events = events + excluded.events",
             )?;
-            for s in sightings {
+            for ((source, level), m) in pending.rows.drain() {
                 stmt.execute(params![
-                    s.source,
-                    s.level,
-                    s.at_ms,
-                    s.rate,
-                    s.dropped as i64,
-                    s.banned as i64,
-                    s.event as i64,
+                    source,
+                    level,
+                    m.first_ms,
+                    m.last_ms,
+                    m.peak_rate,
+                    m.dropped.min(i64::MAX as u64) as i64,
+                    m.bans as i64,
+                    m.events as i64,
                 ])?;
+                out.written += 1;
             }
         }
+        let (pruned, rows) = prune(&tx, retention, now_ms)?;
         tx.commit()?;
-        Ok(())
+        out.pruned = pruned;
+        out.rows = rows;
+        Ok(out)
     }
 
     /// Offenders last seen at or after `since_ms`, most requests dropped first.
     pub fn offenders(&self, since_ms: i64, limit: usize) -> Result<Vec<OffenderRow>, HistoryError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT source, level, first_seen_ms, last_seen_ms, peak_rate, dropped, times_banned,
-                    events
-             FROM offenders WHERE last_seen_ms >= ?1
-             ORDER BY dropped DESC, last_seen_ms DESC LIMIT ?2",
+        let mut stmt = self.conn.prepare_cached(OFFENDERS_QUERY)?;
+        let rows = stmt.query_map(
+            params![since_ms, limit.min(i64::MAX as usize) as i64],
+            |r| {
+                Ok(OffenderRow {
+                    source: r.get(0)?,
+                    level: r.get(1)?,
+                    first_seen: timefmt::rfc3339_ms(r.get(2)?),
+                    last_seen: timefmt::rfc3339_ms(r.get(3)?),
+                    peak_rate: r.get(4)?,
+                    dropped: r.get::<_, i64>(5)? as u64,
+                    times_banned: r.get::<_, i64>(6)? as u64,
+                    events: r.get::<_, i64>(7)? as u64,
+                })
+            },
         )?;
-        let rows = stmt.query_map(params![since_ms, limit as i64], |r| {
-            Ok(OffenderRow {
-                source: r.get(0)?,
-                level: r.get(1)?,
-                first_seen: timefmt::rfc3339_ms(r.get(2)?),
-                last_seen: timefmt::rfc3339_ms(r.get(3)?),
-                peak_rate: r.get(4)?,
-                dropped: r.get::<_, i64>(5)? as u64,
-                times_banned: r.get::<_, i64>(6)? as u64,
-                events: r.get::<_, i64>(7)? as u64,
-            })
-        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn count(&self) -> Result<u64, HistoryError> {
-        let n: Option<i64> = self
+        let n: i64 = self
             .conn
-            .query_row("SELECT count(*) FROM offenders", [], |r| r.get(0))
-            .optional()?;
-        Ok(n.unwrap_or(0) as u64)
+            .query_row("SELECT count(*) FROM offenders", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+}
+
+const OFFENDERS_QUERY: &str = "SELECT source, level, first_seen_ms, last_seen_ms, peak_rate,
+        dropped, times_banned, events
+     FROM offenders WHERE last_seen_ms >= ?1
+     ORDER BY dropped DESC, last_seen_ms DESC LIMIT ?2";
+
+/// Deletes rows past the retention period, then the least important rows above the cap.
+/// Returns (rows deleted, rows left).
+fn prune(tx: &Transaction<'_>, retention: Retention, now_ms: i64) -> rusqlite::Result<(u64, u64)> {
+    let mut pruned = 0;
+    if !retention.max_age.is_zero() {
+        let cutoff = now_ms.saturating_sub(retention.max_age.as_millis() as i64);
+        pruned += tx
+            .prepare_cached("DELETE FROM offenders WHERE last_seen_ms < ?1")?
+            .execute([cutoff])? as u64;
+    }
+    let rows: i64 = tx
+        .prepare_cached("SELECT count(*) FROM offenders")?
+        .query_row([], |r| r.get(0))?;
+    let mut rows = rows as u64;
+    if rows > retention.max_rows {
+        let keep = ((retention.max_rows as f64 * PRUNE_TO) as u64).max(1);
+        let excess = rows - keep;
+        let deleted = tx
+            .prepare_cached(
+                "DELETE FROM offenders WHERE rowid IN (
+                    SELECT rowid FROM offenders ORDER BY dropped ASC, last_seen_ms ASC LIMIT ?1)",
+            )?
+            .execute([excess as i64])? as u64;
+        pruned += deleted;
+        rows -= deleted;
+    }
+    Ok((pruned, rows))
+}
+
+/// The daemon's side of the write path: buffers sightings, flushes on a timer or when the
+/// buffer is full, and reports what each flush did.
+pub struct Writer {
+    pub history: History,
+    pending: Pending,
+    last_flush: Instant,
+}
+
+impl Writer {
+    pub fn new(history: History) -> Self {
+        Self {
+            history,
+            pending: Pending::default(),
+            last_flush: Instant::now(),
+        }
+    }
+
+    /// Buffers a batch, flushing whenever the buffer fills. Returns the flushes it did.
+    pub fn add(
+        &mut self,
+        sightings: impl IntoIterator<Item = Sighting>,
+        now_ms: i64,
+    ) -> Result<Vec<Flushed>, HistoryError> {
+        let mut done = Vec::new();
+        for s in sightings {
+            if self.pending.add(s) {
+                done.push(self.flush(now_ms)?);
+            }
+        }
+        Ok(done)
+    }
+
+    /// Writes what is buffered (a no-op when nothing is).
+    pub fn flush(&mut self, now_ms: i64) -> Result<Flushed, HistoryError> {
+        self.last_flush = Instant::now();
+        if self.pending.is_empty() {
+            return Ok(Flushed::default());
+        }
+        self.history.flush(&mut self.pending, now_ms)
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn since_flush(&self) -> Duration {
+        self.last_flush.elapsed()
     }
 }
 
@@ -141,27 +391,49 @@ impl History {
 mod tests {
     use super::*;
 
-    #[test]
-    fn sightings_merge_into_one_row_per_prefix_and_survive_reopen() {
-        let dir = std::env::temp_dir().join(format!("monitor-hist-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("h.db");
-        let s = |at_ms, rate, dropped, banned| Sighting {
-            source: "203.0.113.7/32".into(),
+    struct TempDir(std::path::PathBuf);
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "monitor-hist-{tag}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn sighting(source: &str, at_ms: i64, rate: f64, dropped: u64, banned: bool) -> Sighting {
+        Sighting {
+            source: source.into(),
             level: "source",
             at_ms,
             rate,
             dropped,
             banned,
             event: true,
-        };
+        }
+    }
+
+    #[test]
+    fn sightings_merge_into_one_row_per_prefix_and_survive_reopen() {
+        let dir = TempDir::new("merge");
+        let path = dir.0.join("h.db");
+        let s = |at, rate, dropped, banned| sighting("203.0.113.7/32", at, rate, dropped, banned);
         {
-            let mut h = History::open(&path).unwrap();
-            h.record(&[s(2_000, 50.0, 10, false), s(1_000, 80.0, 5, true)])
+            let mut h = History::open(&path, Retention::default()).unwrap();
+            h.record(&[s(2_000, 50.0, 10, false), s(1_000, 80.0, 5, true)], 3_000)
                 .unwrap();
         }
-        let mut h = History::open(&path).unwrap();
-        h.record(&[s(3_000, 20.0, 1, false)]).unwrap();
+        let mut h = History::open(&path, Retention::default()).unwrap();
+        h.record(&[s(3_000, 20.0, 1, false)], 3_000).unwrap();
         let rows = h.offenders(0, 10).unwrap();
         assert_eq!(rows.len(), 1);
         let r = &rows[0];
@@ -170,6 +442,181 @@ mod tests {
         assert_eq!(r.first_seen, "1970-01-01T00:00:01.000Z");
         assert_eq!(r.last_seen, "1970-01-01T00:00:03.000Z");
         assert!(h.offenders(3_001, 10).unwrap().is_empty());
-        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_unversioned_database_is_migrated_and_keeps_its_rows() {
+        let dir = TempDir::new("migrate");
+        let path = dir.0.join("h.db");
+        {
+            // The schema exactly as shipped before versioning, with one row.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute(
+                "INSERT INTO offenders VALUES ('198.51.100.1/32', 'source', 1, 2, 3.0, 4, 0, 1)",
+                [],
+            )
+            .unwrap();
+            let v: i64 = conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap();
+            assert_eq!(v, 0);
+        }
+        let h = History::open(&path, Retention::default()).unwrap();
+        assert_eq!(h.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let rows = h.offenders(0, 10).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].dropped, 4);
+        drop(h);
+        // Reopening applies nothing twice.
+        let h = History::open(&path, Retention::default()).unwrap();
+        assert_eq!(h.schema_version().unwrap(), MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn a_database_from_a_newer_monitor_is_refused_with_what_to_do() {
+        let dir = TempDir::new("newer");
+        let path = dir.0.join("h.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "user_version", 99).unwrap();
+        }
+        let err = History::open(&path, Retention::default())
+            .err()
+            .expect("a newer schema must be refused")
+            .to_string();
+        assert!(err.contains("schema version 99"), "{err}");
+        assert!(err.contains("move the file away"), "{err}");
+    }
+
+    #[test]
+    fn offenders_sort_is_served_by_an_index() {
+        let dir = TempDir::new("plan");
+        let h = History::open(&dir.0.join("h.db"), Retention::default()).unwrap();
+        let plan: Vec<String> = h
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {OFFENDERS_QUERY}"))
+            .unwrap()
+            .query_map(params![0, 10], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let plan = plan.join("; ");
+        assert!(plan.contains("offenders_importance"), "{plan}");
+        assert!(
+            !plan.contains("TEMP B-TREE"),
+            "sorts outside an index: {plan}"
+        );
+    }
+
+    #[test]
+    fn rows_past_the_retention_period_are_deleted() {
+        let dir = TempDir::new("age");
+        let retention = Retention {
+            max_age: Duration::from_secs(60),
+            max_rows: 100,
+        };
+        let mut h = History::open(&dir.0.join("h.db"), retention).unwrap();
+        h.record(&[sighting("192.0.2.1/32", 1_000, 1.0, 1, false)], 1_000)
+            .unwrap();
+        h.record(&[sighting("192.0.2.2/32", 50_000, 1.0, 1, false)], 50_000)
+            .unwrap();
+        let f = h.record(&[], 70_000).unwrap();
+        assert_eq!((f.pruned, f.rows), (1, 1));
+        let rows = h.offenders(0, 10).unwrap();
+        assert_eq!(rows[0].source, "192.0.2.2/32");
+    }
+
+    #[test]
+    fn above_the_cap_the_fewest_dropped_and_longest_unseen_go_first() {
+        let dir = TempDir::new("cap");
+        let retention = Retention {
+            max_age: Duration::ZERO,
+            max_rows: 10,
+        };
+        let mut h = History::open(&dir.0.join("h.db"), retention).unwrap();
+        // One heavy offender seen long ago, then 20 light ones.
+        h.record(&[sighting("192.0.2.99/32", 1, 1.0, 5_000, true)], 1)
+            .unwrap();
+        let light: Vec<Sighting> = (0..20)
+            .map(|i| sighting(&format!("198.51.100.{i}/32"), 100 + i, 1.0, 1, false))
+            .collect();
+        let f = h.record(&light, 200).unwrap();
+        assert!(f.rows <= 10, "{f:?}");
+        let rows = h.offenders(0, 100).unwrap();
+        assert_eq!(rows.len() as u64, f.rows);
+        assert_eq!(
+            rows[0].source, "192.0.2.99/32",
+            "the heaviest offender stays"
+        );
+        // Among the light ones, the most recently seen stayed: 12..19 (9 rows kept in all).
+        let mut kept: Vec<String> = rows[1..].iter().map(|r| r.source.clone()).collect();
+        kept.sort();
+        let mut want: Vec<String> = (12..20).map(|i| format!("198.51.100.{i}/32")).collect();
+        want.sort();
+        assert_eq!(kept, want);
+    }
+
+    /// A spoofed flood: a million distinct sources, each seen once, through the daemon's write
+    /// path (buffer, flush when full, flush on the timer) into a real SQLite file.
+    #[test]
+    fn a_million_address_flood_keeps_the_database_bounded() {
+        const SOURCES: u32 = 1_000_000;
+        const CAP: u64 = 50_000;
+        let dir = TempDir::new("flood");
+        let path = dir.0.join("h.db");
+        let retention = Retention {
+            max_age: DEFAULT_RETENTION,
+            max_rows: CAP,
+        };
+        let mut w = Writer::new(History::open(&path, retention).unwrap());
+        // A real offender that lost many requests before the flood.
+        w.add([sighting("192.0.2.200/32", 1, 500.0, 1_000_000, true)], 1)
+            .unwrap();
+        w.flush(1).unwrap();
+        let started = Instant::now();
+        let mut max_rows = 0;
+        let mut max_bytes = 0;
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let wal = dir.0.join("h.db-wal");
+        // Drains of 5,000 events, as the event reader hands them over.
+        for chunk in 0..SOURCES / 5_000 {
+            let now_ms = 1_000 + i64::from(chunk);
+            let batch = (chunk * 5_000..(chunk + 1) * 5_000).map(|i| {
+                let [a, b, c, d] = (0x0a00_0000 + i).to_be_bytes();
+                sighting(&format!("{a}.{b}.{c}.{d}/32"), now_ms, 2.0, 1, false)
+            });
+            for f in w.add(batch, now_ms).unwrap() {
+                max_rows = max_rows.max(f.rows);
+            }
+            if chunk % 4 == 3 {
+                max_rows = max_rows.max(w.flush(now_ms).unwrap().rows);
+                max_bytes = max_bytes.max(size(&path) + size(&wal));
+            }
+        }
+        max_rows = max_rows.max(w.flush(2_000_000).unwrap().rows);
+        max_bytes = max_bytes.max(size(&path) + size(&wal));
+        let took = started.elapsed();
+        let rows = w.history.count().unwrap();
+        eprintln!(
+            "history flood: {SOURCES} distinct sources in {:.1} s ({:.0}/s), cap {CAP}: \
+             at most {max_rows} rows, {rows} at the end, at most {:.1} MB on disk",
+            took.as_secs_f64(),
+            f64::from(SOURCES) / took.as_secs_f64(),
+            max_bytes as f64 / 1e6
+        );
+        assert!(max_rows <= CAP, "{max_rows} rows over the cap of {CAP}");
+        assert!(rows <= CAP);
+        // About 100 bytes a row with both indexes; allow twice that, plus the WAL limit.
+        let bound = CAP * 200 + WAL_LIMIT_BYTES as u64;
+        assert!(
+            max_bytes <= bound,
+            "{max_bytes} bytes on disk for {CAP} rows (bound {bound})"
+        );
+        let top = w.history.offenders(0, 1).unwrap();
+        assert_eq!(
+            top[0].source, "192.0.2.200/32",
+            "the flood evicted the real offender"
+        );
     }
 }

@@ -89,12 +89,17 @@ fn counters(shared: &Shared) -> Result<BTreeMap<String, u64>> {
 fn status(shared: &Shared) -> Result<Value> {
     let settings = shared.settings();
     let snapshot = shared.snapshot();
-    let (policy, allow, deny) = {
+    let (policy, allow, deny, capacity) = {
         let w = shared.writer();
         (
             w.policy().clone(),
             w.kernel().list_entries(List::Allow)?.len(),
             w.kernel().list_entries(List::Deny)?.len(),
+            w.kernel()
+                .capacities()
+                .into_iter()
+                .map(|(name, n)| (name.to_string(), n))
+                .collect(),
         )
     };
     let reply = StatusReply {
@@ -137,6 +142,7 @@ fn status(shared: &Shared) -> Result<Value> {
         tracked_sources: snapshot.tracked_sources,
         tracked_aggregates: snapshot.tracked_aggregates,
         counters: counters(shared)?,
+        capacity,
     };
     Ok(json(reply))
 }
