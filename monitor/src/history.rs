@@ -10,6 +10,11 @@
 //!   cap, the least important rows: fewest requests dropped first, and among equals the
 //!   longest unseen. A spoofed flood from a million addresses that each lose a request or two
 //!   therefore churns among its own rows, and the sources that lost the most stay;
+//! - while the table is at its cap, a new key enters only if it has dropped more requests
+//!   than the least important row (ties keep the rows already there): the history remembers
+//!   which keys it holds (a 64-bit keyed hash each), so a flood of new addresses that each
+//!   lose a request or two costs a hash lookup per address, not a database write and a
+//!   delete. Keys already held are always updated;
 //! - the file does not grow past the pages the capped rows need (SQLite reuses freed pages;
 //!   the write-ahead log is truncated after checkpoints).
 //!
@@ -17,12 +22,13 @@
 //! the schema was versioned reads as version 0 and its table is adopted as it is.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
+    hash::{BuildHasher as _, RandomState},
     path::Path,
     time::{Duration, Instant},
 };
 
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 
 use crate::{control::OffenderRow, timefmt};
 
@@ -166,6 +172,8 @@ impl Pending {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flushed {
     pub written: u64,
+    /// New keys not written because the table was full of more important rows.
+    pub skipped: u64,
     /// Rows deleted for age or for the cap.
     pub pruned: u64,
     pub rows: u64,
@@ -174,6 +182,12 @@ pub struct Flushed {
 pub struct History {
     conn: Connection,
     retention: Retention,
+    /// Keyed hashes of the (source, level) of every row (see the module doc).
+    known: HashSet<u64>,
+    hasher: RandomState,
+    rows: u64,
+    /// (dropped, last seen) of the least important row.
+    floor: Option<(i64, i64)>,
 }
 
 impl History {
@@ -211,13 +225,55 @@ impl History {
                 .map_err(open_err)?;
             tx.commit().map_err(open_err)?;
         }
-        Ok(Self {
+        let mut history = Self {
             conn,
             retention: Retention {
                 max_rows: retention.max_rows.max(1),
                 ..retention
             },
-        })
+            known: HashSet::new(),
+            hasher: RandomState::new(),
+            rows: 0,
+            floor: None,
+        };
+        history.load_known().map_err(open_err)?;
+        Ok(history)
+    }
+
+    fn key_hash(&self, source: &str, level: &str) -> u64 {
+        self.hasher.hash_one((source, level))
+    }
+
+    fn load_known(&mut self) -> rusqlite::Result<()> {
+        let mut known = HashSet::new();
+        {
+            let mut stmt = self.conn.prepare("SELECT source, level FROM offenders")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                known.insert(self.key_hash(r.get_ref(0)?.as_str()?, r.get_ref(1)?.as_str()?));
+            }
+        }
+        self.rows = self.count_rows()?;
+        self.known = known;
+        self.floor = self.least_important()?;
+        Ok(())
+    }
+
+    fn count_rows(&self) -> rusqlite::Result<u64> {
+        self.conn
+            .prepare_cached("SELECT count(*) FROM offenders")?
+            .query_row([], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+    }
+
+    fn least_important(&self) -> rusqlite::Result<Option<(i64, i64)>> {
+        self.conn
+            .prepare_cached(
+                "SELECT dropped, last_seen_ms FROM offenders
+                 ORDER BY dropped ASC, last_seen_ms ASC LIMIT 1",
+            )?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
     }
 
     pub fn schema_version(&self) -> Result<i64, HistoryError> {
@@ -238,8 +294,9 @@ impl History {
     /// Writes and empties `pending` in one transaction, and prunes in the same transaction.
     pub fn flush(&mut self, pending: &mut Pending, now_ms: i64) -> Result<Flushed, HistoryError> {
         let retention = self.retention;
-        let tx = self.conn.transaction()?;
         let mut out = Flushed::default();
+        let mut added = Vec::new();
+        let tx = self.conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO offenders (source, level, first_seen_ms, last_seen_ms, peak_rate,
@@ -253,24 +310,63 @@ impl History {
                     times_banned = times_banned + excluded.times_banned,
                     events = events + excluded.events",
             )?;
-            for ((source, level), m) in pending.rows.drain() {
+            let mut rows = self.rows;
+            // Most important first, so that a full table admits the heaviest newcomers.
+            let mut batch: Vec<_> = pending.rows.drain().collect();
+            batch.sort_unstable_by(|a, b| {
+                (b.1.dropped, b.1.last_ms).cmp(&(a.1.dropped, a.1.last_ms))
+            });
+            for ((source, level), m) in batch {
+                let dropped = m.dropped.min(i64::MAX as u64) as i64;
+                let hash = self.hasher.hash_one((source.as_str(), level));
+                let known = self.known.contains(&hash);
+                if !known
+                    && rows >= retention.max_rows
+                    && self.floor.is_some_and(|(floor, _)| dropped <= floor)
+                {
+                    out.skipped += 1;
+                    continue;
+                }
                 stmt.execute(params![
                     source,
                     level,
                     m.first_ms,
                     m.last_ms,
                     m.peak_rate,
-                    m.dropped.min(i64::MAX as u64) as i64,
+                    dropped,
                     m.bans as i64,
                     m.events as i64,
                 ])?;
+                if !known {
+                    added.push(hash);
+                    rows += 1;
+                }
                 out.written += 1;
             }
         }
-        let (pruned, rows) = prune(&tx, retention, now_ms)?;
+        let added_count = added.len() as u64;
+        let mut removed = Vec::new();
+        let pruned = prune(
+            &tx,
+            retention,
+            now_ms,
+            self.rows + added_count,
+            &mut |s, l| removed.push(self.hasher.hash_one((s, l))),
+        )?;
         tx.commit()?;
+        self.known.extend(added);
+        for h in &removed {
+            self.known.remove(h);
+        }
         out.pruned = pruned;
-        out.rows = rows;
+        self.rows = if pruned > 0 {
+            // Recount: exact even if two keys ever shared a hash.
+            self.count_rows()?
+        } else {
+            self.rows + added_count
+        };
+        self.floor = self.least_important()?;
+        out.rows = self.rows;
         Ok(out)
     }
 
@@ -308,33 +404,46 @@ const OFFENDERS_QUERY: &str = "SELECT source, level, first_seen_ms, last_seen_ms
      FROM offenders WHERE last_seen_ms >= ?1
      ORDER BY dropped DESC, last_seen_ms DESC LIMIT ?2";
 
-/// Deletes rows past the retention period, then the least important rows above the cap.
-/// Returns (rows deleted, rows left).
-fn prune(tx: &Transaction<'_>, retention: Retention, now_ms: i64) -> rusqlite::Result<(u64, u64)> {
+/// Deletes rows past the retention period, then the least important rows above the cap,
+/// telling `gone` each deleted (source, level). `rows` is the row count before. Returns how
+/// many rows were deleted.
+fn prune(
+    tx: &Transaction<'_>,
+    retention: Retention,
+    now_ms: i64,
+    mut rows: u64,
+    gone: &mut dyn FnMut(&str, &str),
+) -> rusqlite::Result<u64> {
     let mut pruned = 0;
+    let mut delete = |sql: &str, arg: i64| -> rusqlite::Result<u64> {
+        let mut stmt = tx.prepare_cached(sql)?;
+        let mut deleted = stmt.query([arg])?;
+        let mut n = 0;
+        while let Some(r) = deleted.next()? {
+            gone(r.get_ref(0)?.as_str()?, r.get_ref(1)?.as_str()?);
+            n += 1;
+        }
+        Ok(n)
+    };
     if !retention.max_age.is_zero() {
         let cutoff = now_ms.saturating_sub(retention.max_age.as_millis() as i64);
-        pruned += tx
-            .prepare_cached("DELETE FROM offenders WHERE last_seen_ms < ?1")?
-            .execute([cutoff])? as u64;
+        let n = delete(
+            "DELETE FROM offenders WHERE last_seen_ms < ?1 RETURNING source, level",
+            cutoff,
+        )?;
+        pruned += n;
+        rows = rows.saturating_sub(n);
     }
-    let rows: i64 = tx
-        .prepare_cached("SELECT count(*) FROM offenders")?
-        .query_row([], |r| r.get(0))?;
-    let mut rows = rows as u64;
     if rows > retention.max_rows {
         let keep = ((retention.max_rows as f64 * PRUNE_TO) as u64).max(1);
-        let excess = rows - keep;
-        let deleted = tx
-            .prepare_cached(
-                "DELETE FROM offenders WHERE rowid IN (
-                    SELECT rowid FROM offenders ORDER BY dropped ASC, last_seen_ms ASC LIMIT ?1)",
-            )?
-            .execute([excess as i64])? as u64;
-        pruned += deleted;
-        rows -= deleted;
+        pruned += delete(
+            "DELETE FROM offenders WHERE rowid IN (
+                SELECT rowid FROM offenders ORDER BY dropped ASC, last_seen_ms ASC LIMIT ?1)
+             RETURNING source, level",
+            (rows - keep) as i64,
+        )?;
     }
-    Ok((pruned, rows))
+    Ok(pruned)
 }
 
 /// The daemon's side of the write path: buffers sightings, flushes on a timer or when the
@@ -510,6 +619,49 @@ mod tests {
     }
 
     #[test]
+    fn a_full_history_admits_a_new_source_only_when_it_dropped_more() {
+        let dir = TempDir::new("admit");
+        let retention = Retention {
+            max_age: Duration::ZERO,
+            max_rows: 10,
+        };
+        let mut h = History::open(&dir.0.join("h.db"), retention).unwrap();
+        let light: Vec<Sighting> = (0..10)
+            .map(|i| sighting(&format!("198.51.100.{i}/32"), 100 + i, 1.0, 2, false))
+            .collect();
+        assert_eq!(h.record(&light, 200).unwrap().written, 10);
+        // Full: as light as the lightest, and newer, a flood source is not written.
+        let f = h
+            .record(&[sighting("203.0.113.1/32", 300, 1.0, 2, false)], 300)
+            .unwrap();
+        assert_eq!((f.written, f.skipped, f.rows), (0, 1, 10));
+        // A source already held is always updated.
+        let f = h
+            .record(&[sighting("198.51.100.3/32", 300, 1.0, 1, false)], 300)
+            .unwrap();
+        assert_eq!((f.written, f.skipped), (1, 0));
+        // A heavier newcomer enters; the lightest and longest unseen rows make room.
+        let f = h
+            .record(&[sighting("192.0.2.50/32", 300, 9.0, 50, false)], 300)
+            .unwrap();
+        assert_eq!(f.written, 1);
+        assert!(f.rows <= 10 && f.pruned > 0, "{f:?}");
+        let rows = h.offenders(0, 100).unwrap();
+        assert_eq!(rows[0].source, "192.0.2.50/32");
+        assert!(rows.iter().any(|r| r.source == "198.51.100.3/32"));
+        assert!(!rows.iter().any(|r| r.source == "198.51.100.0/32"));
+        // Fill up again, then reopen: the reopened history remembers what it holds.
+        h.record(&[sighting("192.0.2.51/32", 300, 9.0, 40, false)], 300)
+            .unwrap();
+        drop(h);
+        let mut h = History::open(&dir.0.join("h.db"), retention).unwrap();
+        let f = h
+            .record(&[sighting("203.0.113.2/32", 400, 1.0, 1, false)], 400)
+            .unwrap();
+        assert_eq!(f.skipped, 1, "{f:?}");
+    }
+
+    #[test]
     fn rows_past_the_retention_period_are_deleted() {
         let dir = TempDir::new("age");
         let retention = Retention {
@@ -549,12 +701,20 @@ mod tests {
             rows[0].source, "192.0.2.99/32",
             "the heaviest offender stays"
         );
-        // Among the light ones, the most recently seen stayed: 12..19 (9 rows kept in all).
-        let mut kept: Vec<String> = rows[1..].iter().map(|r| r.source.clone()).collect();
+        // Among the light ones, the most recently seen stayed.
+        let mut kept: Vec<i64> = rows[1..]
+            .iter()
+            .map(|r| {
+                r.source
+                    .trim_start_matches("198.51.100.")
+                    .trim_end_matches("/32")
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
         kept.sort();
-        let mut want: Vec<String> = (12..20).map(|i| format!("198.51.100.{i}/32")).collect();
-        want.sort();
-        assert_eq!(kept, want);
+        let newest: Vec<i64> = (20 - kept.len() as i64..20).collect();
+        assert_eq!(kept, newest);
     }
 
     /// A spoofed flood: a million distinct sources, each seen once, through the daemon's write
@@ -577,6 +737,7 @@ mod tests {
         let started = Instant::now();
         let mut max_rows = 0;
         let mut max_bytes = 0;
+        let mut written = 0;
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         let wal = dir.0.join("h.db-wal");
         // Drains of 5,000 events, as the event reader hands them over.
@@ -588,9 +749,12 @@ mod tests {
             });
             for f in w.add(batch, now_ms).unwrap() {
                 max_rows = max_rows.max(f.rows);
+                written += f.written;
             }
             if chunk % 4 == 3 {
-                max_rows = max_rows.max(w.flush(now_ms).unwrap().rows);
+                let f = w.flush(now_ms).unwrap();
+                written += f.written;
+                max_rows = max_rows.max(f.rows);
                 max_bytes = max_bytes.max(size(&path) + size(&wal));
             }
         }
@@ -600,7 +764,8 @@ mod tests {
         let rows = w.history.count().unwrap();
         eprintln!(
             "history flood: {SOURCES} distinct sources in {:.1} s ({:.0}/s), cap {CAP}: \
-             at most {max_rows} rows, {rows} at the end, at most {:.1} MB on disk",
+             {written} rows written, at most {max_rows} rows, {rows} at the end, at most {:.1} MB \
+             on disk",
             took.as_secs_f64(),
             f64::from(SOURCES) / took.as_secs_f64(),
             max_bytes as f64 / 1e6

@@ -157,7 +157,10 @@ fn a_ban_table_full_of_expired_bans_takes_new_bans_after_a_sweep() {
         assert_eq!(k.run(hook, &request), Verdict::Drop);
         assert_eq!(k.stat(Stat::BansStarted), before + 1, "{hook:?}: no ban");
         let key = source_key(&src, &k.config());
-        assert!(ban_of(&k, &key).is_some(), "{hook:?}: {src} not in MON_BANS");
+        assert!(
+            ban_of(&k, &key).is_some(),
+            "{hook:?}: {src} not in MON_BANS"
+        );
     }
 }
 
@@ -186,7 +189,13 @@ fn the_sweep_removes_only_what_has_expired() {
         .unwrap();
     let swept = k.kernel.sweep_expired(kernel_now_ns()).unwrap();
     assert_eq!((swept.bans, swept.deny, swept.allow), (1, 1, 1));
-    let bans: Vec<AddrKey> = k.kernel.bans().unwrap().into_iter().map(|(k, _)| k).collect();
+    let bans: Vec<AddrKey> = k
+        .kernel
+        .bans()
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
     assert_eq!(bans, vec![live]);
     let deny: Vec<String> = k
         .kernel
