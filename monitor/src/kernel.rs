@@ -720,3 +720,81 @@ impl Kernel {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_error(errno: i32, log: &str) -> KernelError {
+        program_load_error(
+            PROG_XDP,
+            ProgramError::LoadError {
+                io_error: std::io::Error::from_raw_os_error(errno),
+                verifier_log: aya_obj::VerifierLog::new(log.to_string()),
+            },
+        )
+    }
+
+    #[test]
+    fn a_verifier_rejection_says_so_and_keeps_its_last_lines() {
+        let e = load_error(
+            libc::EACCES,
+            "0: (b7) r0 = 0\n1: (85) call bpf_foo#999\nunknown func bpf_foo#999\n\n",
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("verifier rejected program monitor_xdp"),
+            "{msg}"
+        );
+        assert!(msg.contains("unknown func bpf_foo#999"), "{msg}");
+        assert!(msg.contains(VERIFIER_LOG_ENV), "{msg}");
+        assert!(!msg.contains("CAP_"), "not a privilege problem: {msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+        assert_eq!(
+            e.verifier_tail(2).unwrap(),
+            "1: (85) call bpf_foo#999\nunknown func bpf_foo#999"
+        );
+    }
+
+    #[test]
+    fn a_permission_error_names_every_capability() {
+        let msg = load_error(libc::EPERM, "").to_string();
+        for cap in ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"] {
+            assert!(msg.contains(cap), "{msg}");
+        }
+        assert!(!msg.contains("verifier"), "{msg}");
+    }
+
+    #[test]
+    fn a_pinned_map_that_differs_is_named_with_the_difference_and_the_fix() {
+        let path = Path::new("/sys/fs/bpf/monitor/MON_SOURCES");
+        let line = pin_mismatch(
+            MAP_SOURCES,
+            path,
+            (9, 16, 40, 1_000_000),
+            (9, 16, 40, 2_000_000),
+        )
+        .unwrap();
+        assert!(
+            line.starts_with(
+                "MON_SOURCES pinned with 2000000 entries, this run wants 1000000: \
+                 restart with --max-sources 2000000, or stop the program and remove \
+                 /sys/fs/bpf/monitor"
+            ),
+            "{line}"
+        );
+        let line = pin_mismatch(
+            MAP_BANS,
+            Path::new("/p/MON_BANS"),
+            (1, 16, 8, 65_536),
+            (1, 16, 16, 65_536),
+        )
+        .unwrap();
+        assert!(
+            line.contains("value 16 bytes") && line.contains("value 8 bytes"),
+            "{line}"
+        );
+        assert!(line.contains("another build"), "{line}");
+        assert!(pin_mismatch(MAP_BANS, path, (1, 16, 8, 9), (1, 16, 8, 9)).is_none());
+    }
+}
