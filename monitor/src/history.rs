@@ -137,6 +137,12 @@ pub struct Pending {
 impl Pending {
     /// Merges `s`; true when the buffer is full and should be flushed now.
     pub fn add(&mut self, s: Sighting) -> bool {
+        self.add_if(s, |_| true).1
+    }
+
+    /// Merges `s` when its key is already buffered or `admit(&s)` says yes. Returns
+    /// (merged, buffer full).
+    fn add_if(&mut self, s: Sighting, admit: impl FnOnce(&Sighting) -> bool) -> (bool, bool) {
         let m = Merged {
             first_ms: s.at_ms,
             last_ms: s.at_ms,
@@ -145,18 +151,22 @@ impl Pending {
             bans: s.banned as u64,
             events: s.event as u64,
         };
-        self.rows
-            .entry((s.source, s.level))
-            .and_modify(|r| {
-                r.first_ms = r.first_ms.min(m.first_ms);
-                r.last_ms = r.last_ms.max(m.last_ms);
-                r.peak_rate = r.peak_rate.max(m.peak_rate);
-                r.dropped += m.dropped;
-                r.bans += m.bans;
-                r.events += m.events;
-            })
-            .or_insert(m);
-        self.rows.len() >= MAX_PENDING
+        let key = (s.source, s.level);
+        if let Some(r) = self.rows.get_mut(&key) {
+            r.first_ms = r.first_ms.min(m.first_ms);
+            r.last_ms = r.last_ms.max(m.last_ms);
+            r.peak_rate = r.peak_rate.max(m.peak_rate);
+            r.dropped += m.dropped;
+            r.bans += m.bans;
+            r.events += m.events;
+            return (true, false);
+        }
+        let s = Sighting { source: key.0, ..s };
+        if !admit(&s) {
+            return (false, false);
+        }
+        self.rows.insert((s.source, s.level), m);
+        (true, self.rows.len() >= MAX_PENDING)
     }
 
     pub fn len(&self) -> usize {
@@ -238,6 +248,16 @@ impl History {
         };
         history.load_known().map_err(open_err)?;
         Ok(history)
+    }
+
+    /// Whether a sighting of a key could be written: the key is held, the table has room, or
+    /// it dropped more than the least important row. Cheap: a hash lookup.
+    pub fn admits(&self, s: &Sighting) -> bool {
+        self.rows < self.retention.max_rows
+            || self
+                .floor
+                .is_none_or(|(floor, _)| s.dropped.min(i64::MAX as u64) as i64 > floor)
+            || self.known.contains(&self.key_hash(&s.source, s.level))
     }
 
     fn key_hash(&self, source: &str, level: &str) -> u64 {
@@ -470,9 +490,24 @@ impl Writer {
         now_ms: i64,
     ) -> Result<Vec<Flushed>, HistoryError> {
         let mut done = Vec::new();
+        let mut skipped = 0;
         for s in sightings {
-            if self.pending.add(s) {
+            // Sightings the table would refuse are dropped here, before they cost a buffer slot
+            // (the flush checks again: the table may fill meanwhile).
+            let (merged, full) = self.pending.add_if(s, |s| self.history.admits(s));
+            skipped += u64::from(!merged);
+            if full {
                 done.push(self.flush(now_ms)?);
+            }
+        }
+        if skipped > 0 {
+            match done.last_mut() {
+                Some(f) => f.skipped += skipped,
+                None => done.push(Flushed {
+                    skipped,
+                    rows: self.history.rows,
+                    ..Flushed::default()
+                }),
             }
         }
         Ok(done)
@@ -738,6 +773,7 @@ mod tests {
         let mut max_rows = 0;
         let mut max_bytes = 0;
         let mut written = 0;
+        let mut skipped = 0;
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         let wal = dir.0.join("h.db-wal");
         // Drains of 5,000 events, as the event reader hands them over.
@@ -750,10 +786,12 @@ mod tests {
             for f in w.add(batch, now_ms).unwrap() {
                 max_rows = max_rows.max(f.rows);
                 written += f.written;
+                skipped += f.skipped;
             }
             if chunk % 4 == 3 {
                 let f = w.flush(now_ms).unwrap();
                 written += f.written;
+                skipped += f.skipped;
                 max_rows = max_rows.max(f.rows);
                 max_bytes = max_bytes.max(size(&path) + size(&wal));
             }
@@ -764,13 +802,18 @@ mod tests {
         let rows = w.history.count().unwrap();
         eprintln!(
             "history flood: {SOURCES} distinct sources in {:.1} s ({:.0}/s), cap {CAP}: \
-             {written} rows written, at most {max_rows} rows, {rows} at the end, at most {:.1} MB \
+             {written} rows written, {skipped} refused, at most {max_rows} rows, {rows} at the end, at most {:.1} MB \
              on disk",
             took.as_secs_f64(),
             f64::from(SOURCES) / took.as_secs_f64(),
             max_bytes as f64 / 1e6
         );
         assert!(max_rows <= CAP, "{max_rows} rows over the cap of {CAP}");
+        assert_eq!(
+            written + skipped,
+            u64::from(SOURCES) + 1,
+            "sightings unaccounted for"
+        );
         assert!(rows <= CAP);
         // About 100 bytes a row with both indexes; allow twice that, plus the WAL limit.
         let bound = CAP * 200 + WAL_LIMIT_BYTES as u64;
