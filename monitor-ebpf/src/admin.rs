@@ -24,7 +24,7 @@ pub fn set_ban(ctx: &XdpContext) -> u32 {
     let key = AddrKey {
         addr: input.key.addr,
     };
-    match MON_SOURCES.get_ptr_mut(&key) {
+    match MON_SOURCES.get_ptr_mut(key) {
         Some(bucket) => {
             // SAFETY: the pointer is the map's value for as long as this program runs; an
             // aligned 8-byte store is atomic against the data path's reads of the field.
