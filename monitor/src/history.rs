@@ -30,8 +30,6 @@ use std::{
 
 use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 
-use crate::{control::OffenderRow, timefmt};
-
 /// Rows older than this (by last sighting) are deleted.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
 /// Row cap. About 100 bytes of file per row with its indexes: 20-30 MB at the cap.
@@ -187,6 +185,20 @@ pub struct Flushed {
     /// Rows deleted for age or for the cap.
     pub pruned: u64,
     pub rows: u64,
+}
+
+/// One row of the history, in the history's own terms (times in Unix ms). The control
+/// handler maps it to the wire row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Offender {
+    pub source: String,
+    pub level: String,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub peak_rate: f64,
+    pub dropped: u64,
+    pub times_banned: u64,
+    pub events: u64,
 }
 
 pub struct History {
@@ -391,23 +403,22 @@ impl History {
     }
 
     /// Offenders last seen at or after `since_ms`, most requests dropped first.
-    pub fn offenders(&self, since_ms: i64, limit: usize) -> Result<Vec<OffenderRow>, HistoryError> {
+    pub fn offenders(&self, since_ms: i64, limit: usize) -> Result<Vec<Offender>, HistoryError> {
         let mut stmt = self.conn.prepare_cached(OFFENDERS_QUERY)?;
-        let rows = stmt.query_map(
-            params![since_ms, limit.min(i64::MAX as usize) as i64],
-            |r| {
-                Ok(OffenderRow {
-                    source: r.get(0)?,
-                    level: r.get(1)?,
-                    first_seen: timefmt::rfc3339_ms(r.get(2)?),
-                    last_seen: timefmt::rfc3339_ms(r.get(3)?),
-                    peak_rate: r.get(4)?,
-                    dropped: r.get::<_, i64>(5)? as u64,
-                    times_banned: r.get::<_, i64>(6)? as u64,
-                    events: r.get::<_, i64>(7)? as u64,
-                })
-            },
-        )?;
+        // Callers cap `limit`; clamp anyway, since -1 would mean "no limit" to SQLite.
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![since_ms, limit], |r| {
+            Ok(Offender {
+                source: r.get(0)?,
+                level: r.get(1)?,
+                first_seen_ms: r.get(2)?,
+                last_seen_ms: r.get(3)?,
+                peak_rate: r.get(4)?,
+                dropped: r.get::<_, i64>(5)? as u64,
+                times_banned: r.get::<_, i64>(6)? as u64,
+                events: r.get::<_, i64>(7)? as u64,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -583,8 +594,7 @@ mod tests {
         let r = &rows[0];
         assert_eq!((r.dropped, r.times_banned, r.events), (16, 1, 3));
         assert_eq!(r.peak_rate, 80.0);
-        assert_eq!(r.first_seen, "1970-01-01T00:00:01.000Z");
-        assert_eq!(r.last_seen, "1970-01-01T00:00:03.000Z");
+        assert_eq!((r.first_seen_ms, r.last_seen_ms), (1_000, 3_000));
         assert!(h.offenders(3_001, 10).unwrap().is_empty());
     }
 
