@@ -32,7 +32,7 @@ use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 
 /// Rows older than this (by last sighting) are deleted.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
-/// Row cap. About 100 bytes of file per row with its indexes: 20-30 MB at the cap.
+/// Row cap. The flood test measured 8.1 MB on disk at 50,000 rows (write-ahead log included).
 pub const DEFAULT_MAX_ROWS: u64 = 200_000;
 /// Distinct keys buffered between flushes; a full buffer flushes at once.
 pub const MAX_PENDING: usize = 20_000;
@@ -825,7 +825,7 @@ mod tests {
             "sightings unaccounted for"
         );
         assert!(rows <= CAP);
-        // About 100 bytes a row with both indexes; allow twice that, plus the WAL limit.
+        // Measured about 160 bytes a row with both indexes; allow 200, plus the WAL limit.
         let bound = CAP * 200 + WAL_LIMIT_BYTES as u64;
         assert!(
             max_bytes <= bound,
