@@ -1,10 +1,19 @@
 //! What a daemon adopts from the pins an earlier one left: tables are checked before they are
 //! adopted (a different `--max-sources` is refused with the fix), and requests refused while
-//! no daemon ran reach the history once the next daemon adopts the tables.
+//! no daemon ran reach the history once the next daemon adopts the tables. And what it keeps
+//! clean in them: expired bans are swept, so a ban table filled by a spoofed sweep takes new
+//! bans again within a sweep interval.
 
 use std::{
     net::{IpAddr, SocketAddr},
-    time::Duration,
+    os::fd::{AsFd as _, AsRawFd as _},
+    time::{Duration, Instant},
+};
+
+use monitor::{clock::kernel_now_ns, daemon::SWEEP_INTERVAL};
+use monitor_common::{
+    addr::AddrKey,
+    maps::{Ban, MAX_BANS},
 };
 
 use serde_json::Value;
@@ -125,5 +134,64 @@ fn requests_dropped_while_no_daemon_ran_reach_the_history() {
             let t = table_dropped(&d, src)?;
             (t > before && history_dropped(&d, src) == Some(t)).then_some(())
         },
+    );
+}
+
+#[test]
+fn a_ban_table_full_of_expired_bans_takes_a_new_ban_within_a_sweep_interval() {
+    let link = Link::new(&["10.225.0.1/24"]);
+    link.add_client_addr("10.225.0.11/24");
+    let _server = link.server.run_in(|| Server::start(PORT));
+    let paths = Paths::new();
+    let d = Daemon::start(
+        &link.server,
+        &link.server_if,
+        &paths,
+        &[
+            "--port",
+            "8443",
+            "--rate",
+            "1/m",
+            "--burst",
+            "2",
+            "--agg-rate",
+            "0",
+            "--ban",
+            "10m",
+            "--max-sources",
+            "4096",
+        ],
+    );
+    // A spoofed sweep's worth of bans, all ending shortly.
+    let bans = aya::maps::MapData::from_pin(paths.pin.join("MON_BANS")).expect("open MON_BANS");
+    let until = kernel_now_ns() + 500_000_000;
+    let entries: Vec<(AddrKey, Ban)> = (0..MAX_BANS)
+        .map(|i| {
+            let mut addr = [0u8; 16];
+            addr[..2].copy_from_slice(&[0xfe, 0x80]);
+            addr[12..].copy_from_slice(&i.to_be_bytes());
+            (AddrKey::from_v6(addr), Ban { until_ns: until })
+        })
+        .collect();
+    monitor::batch::write_all(bans.fd().as_fd().as_raw_fd(), &entries).expect("fill MON_BANS");
+    while kernel_now_ns() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // One sweep interval after the bans ended (and a little for the sweep itself to run).
+    std::thread::sleep(SWEEP_INTERVAL + Duration::from_millis(500));
+    let swept_at = Instant::now();
+    let (loud, dst) = ("10.225.0.11", "10.225.0.1");
+    link.client
+        .run_in(move || burst(ip(loud), to(dst), "/", 10, TIMEOUT));
+    let row = eventually(REPORT, "the new offender banned", || {
+        top_row(&d.json(&["top"]), "10.225.0.11/32").filter(|r| r["banned_until"].is_string())
+    });
+    assert!(row["banned_until"].is_string());
+    let stats = d.json(&["stats"]);
+    assert_eq!(stats["bans_full"], 0, "the table was still full: {stats}");
+    eprintln!(
+        "new offender banned {:.1} s after the burst, {} dead bans swept",
+        swept_at.elapsed().as_secs_f64(),
+        MAX_BANS
     );
 }
