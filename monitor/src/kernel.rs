@@ -207,6 +207,10 @@ fn program_load_error(name: &'static str, source: ProgramError) -> KernelError {
 /// Compares every map pinned under `dir` with the object's definition of it, before aya
 /// adopts it (aya reuses a pin without comparing). A table created by another build or with
 /// another capacity is refused with one line that names the map, the difference and the fix.
+///
+/// `MON_CONFIG` is compared like every map (type, sizes, entries): a `Config` of another layout
+/// has another value size and is refused. Once `Config` carries a magic number and a version,
+/// the pinned value's magic and version belong here too (a same-size layout change).
 fn check_pins(dir: &Path, max_sources: u32) -> Result<()> {
     let mut object = None;
     for name in ALL_MAPS {
