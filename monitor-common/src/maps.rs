@@ -29,6 +29,29 @@ pub const ALL_MAPS: [&str; 9] = [
 
 pub const PROG_XDP: &str = "monitor_xdp";
 pub const PROG_TC: &str = "monitor_tc";
+/// Never attached: user space runs it with `BPF_PROG_TEST_RUN` to set one bucket's ban copy
+/// in place (see [`SetBan`]), the one field user space changes in a bucket the kernel owns.
+pub const PROG_SET_BAN: &str = "monitor_set_ban";
+
+/// The input of `PROG_SET_BAN`, passed as the test run's packet data.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetBan {
+    /// The source's key in `MON_SOURCES`.
+    pub key: crate::addr::AddrKey,
+    /// The new `Bucket::ban_until_ns` (0 lifts the ban).
+    pub until_ns: u64,
+}
+
+/// `PROG_SET_BAN`'s return values.
+pub mod set_ban {
+    /// The bucket's ban copy now holds the new deadline.
+    pub const WRITTEN: u32 = 2;
+    /// The source has no bucket: the kernel reads `MON_BANS` when it next sees the source.
+    pub const NO_BUCKET: u32 = 1;
+    /// The input was shorter than `SetBan`.
+    pub const BAD_INPUT: u32 = 0;
+}
 
 /// Default capacity of the source table (set at load time from `--max-sources`).
 pub const DEFAULT_MAX_SOURCES: u32 = 1_000_000;

@@ -1,11 +1,14 @@
 //! The monitor's kernel programs: `monitor_xdp` (XDP) and `monitor_tc` (TC clsact ingress).
 //! Both are a few lines over the one classifier in `classify`, so either attach point gives
-//! identical verdicts.
+//! identical verdicts. `monitor_set_ban` is never attached: the daemon runs it to set one
+//! bucket's ban field in place (see `admin`).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
+#[cfg(target_arch = "bpf")]
+mod admin;
 #[cfg(target_arch = "bpf")]
 mod atomic;
 #[cfg(target_arch = "bpf")]
@@ -40,6 +43,11 @@ mod programs {
             Verdict::Pass => xdp_action::XDP_PASS,
             Verdict::Drop => xdp_action::XDP_DROP,
         }
+    }
+
+    #[xdp]
+    pub fn monitor_set_ban(ctx: XdpContext) -> u32 {
+        crate::admin::set_ban(&ctx)
     }
 
     #[classifier]

@@ -1,12 +1,14 @@
-//! Whole-map reads and writes with `BPF_MAP_LOOKUP_BATCH` / `BPF_MAP_UPDATE_BATCH`: thousands
-//! of entries per system call, where aya's iterator costs two calls per entry. `monitor top`
-//! over a million tracked sources depends on the reads; benchmarks and scale tests pre-fill
-//! tables with the writes.
+//! Whole-map reads, writes and deletes with `BPF_MAP_LOOKUP_BATCH` / `BPF_MAP_UPDATE_BATCH` /
+//! `BPF_MAP_DELETE_BATCH`: thousands of entries per system call, where aya's iterator costs
+//! two calls per entry. `monitor top` over a million tracked sources depends on the reads; the
+//! daemon's sweep of expired bans and list entries uses the deletes; benchmarks and scale tests
+//! pre-fill tables with the writes.
 
 use std::{io, mem::size_of};
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// Entries asked for per call. Large enough that no hash bucket overflows it (ENOSPC).
 const CHUNK: usize = 16_384;
 
@@ -27,8 +29,12 @@ struct BatchAttr {
 /// Reads every (key, value) of a hash or LRU hash map. `K` and `V` must be the map's exact
 /// key and value types (plain `#[repr(C)]` data).
 pub fn read_all<K: aya::Pod, V: aya::Pod>(map_fd: i32) -> io::Result<Vec<(K, V)>> {
-    let mut keys: Vec<K> = Vec::with_capacity(CHUNK);
-    let mut values: Vec<V> = Vec::with_capacity(CHUNK);
+    // Zeroed, not merely reserved: whatever count the kernel reports (or leaves untouched when
+    // it fails before copying anything), every element up to CHUNK is initialised. Pod types
+    // are valid as all zeros.
+    // SAFETY: K and V are Pod (plain data for which all-zero bytes are a valid value).
+    let mut keys: Vec<K> = vec![unsafe { std::mem::zeroed() }; CHUNK];
+    let mut values: Vec<V> = vec![unsafe { std::mem::zeroed() }; CHUNK];
     let mut out = Vec::new();
     // The hash map's batch cursor is a bucket index (u32).
     let mut cursor: u32 = 0;
@@ -56,18 +62,22 @@ pub fn read_all<K: aya::Pod, V: aya::Pod>(map_fd: i32) -> io::Result<Vec<(K, V)>
                 size_of::<BatchAttr>() as u32,
             )
         };
-        let err = (ret < 0).then(io::Error::last_os_error);
-        let got = (attr.count as usize).min(CHUNK);
-        // SAFETY: the kernel wrote `got` entries into each buffer; K and V are Pod.
-        unsafe {
-            keys.set_len(got);
-            values.set_len(got);
-        }
-        out.extend(keys.drain(..).zip(values.drain(..)));
-        match err {
-            None => {}
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+        let done = match (ret < 0).then(io::Error::last_os_error) {
+            None => false,
+            // ENOENT: the walk reached the end; `count` says how many entries came with it.
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            // Any other failure: the buffers' contents are not a consistent chunk.
             Some(e) => return Err(e),
+        };
+        let got = (attr.count as usize).min(CHUNK);
+        out.extend(
+            keys[..got]
+                .iter()
+                .copied()
+                .zip(values[..got].iter().copied()),
+        );
+        if done {
+            return Ok(out);
         }
         cursor = next;
         first = false;
@@ -100,4 +110,69 @@ pub fn write_all<K: aya::Pod, V: aya::Pod>(map_fd: i32, entries: &[(K, V)]) -> i
         }
     }
     Ok(())
+}
+
+/// Deletes `keys` from a map (hash, LRU hash or LPM trie; `K` is the map's exact key type).
+/// Keys already gone (expired and removed by the kernel meanwhile) are skipped. Returns how
+/// many were deleted.
+pub fn delete_all<K: aya::Pod>(map_fd: i32, keys: &[K]) -> io::Result<usize> {
+    let mut deleted = 0;
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let chunk = &rest[..rest.len().min(CHUNK)];
+        let mut attr = BatchAttr {
+            keys: chunk.as_ptr() as u64,
+            count: chunk.len() as u32,
+            map_fd: map_fd as u32,
+            ..Default::default()
+        };
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_DELETE_BATCH,
+                &mut attr as *mut BatchAttr,
+                size_of::<BatchAttr>() as u32,
+            )
+        };
+        // On failure `count` is the number deleted before the failing key.
+        let done = (attr.count as usize).min(chunk.len());
+        if ret < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                return Err(e);
+            }
+            deleted += done;
+            // Skip the key that was no longer there and go on after it.
+            rest = &rest[done + 1..];
+        } else {
+            deleted += chunk.len();
+            rest = &rest[chunk.len()..];
+        }
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A descriptor that is not a map: the kernel refuses the call before it copies anything.
+    /// The read must return that error, with no entries made up from the buffers.
+    #[test]
+    fn a_failed_batch_read_returns_the_error_and_no_entries() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let err = read_all::<[u8; 16], u64>(fd).expect_err("/dev/null is not a map");
+        assert!(
+            matches!(
+                err.raw_os_error(),
+                Some(libc::EINVAL | libc::EBADF | libc::EPERM)
+            ),
+            "{err}"
+        );
+        let err = read_all::<[u8; 16], u64>(-1).expect_err("-1 is not a descriptor");
+        assert!(err.raw_os_error().is_some(), "{err}");
+        let err = delete_all::<[u8; 16]>(fd, &[[0; 16]]).expect_err("/dev/null is not a map");
+        assert!(err.raw_os_error().is_some(), "{err}");
+    }
 }

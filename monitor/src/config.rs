@@ -253,6 +253,13 @@ pub struct Layer {
     /// Offender history database [default: /var/lib/monitor/offenders.db].
     #[arg(long, value_name = "PATH")]
     pub db: Option<PathBuf>,
+    /// Delete history rows last seen longer ago than DURATION (0 = keep any age) [default: 30d].
+    #[arg(long, value_name = "DURATION", value_parser = parse_dur)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub history_retention: Option<Duration>,
+    /// Keep at most N history rows; the fewest dropped, longest unseen go first [default: 200000].
+    #[arg(long, value_name = "N")]
+    pub history_max_rows: Option<u64>,
     /// Log and event line format [default: text].
     #[arg(long, value_name = "text|json")]
     pub log_format: Option<LogFormat>,
@@ -304,6 +311,7 @@ pub struct Settings {
     pub socket: PathBuf,
     pub pin_path: PathBuf,
     pub db: PathBuf,
+    pub history: crate::history::Retention,
     pub log_format: LogFormat,
     pub event_lines: Rate,
     pub persist: bool,
@@ -453,6 +461,17 @@ impl Settings {
                 "too many allow or deny entries (at most {limit} each)"
             )));
         }
+        let history = crate::history::Retention {
+            max_age: pick(&flags.history_retention, &file.history_retention)
+                .unwrap_or(crate::history::DEFAULT_RETENTION),
+            max_rows: pick(&flags.history_max_rows, &file.history_max_rows)
+                .unwrap_or(crate::history::DEFAULT_MAX_ROWS),
+        };
+        if history.max_rows == 0 {
+            return Err(invalid(
+                "invalid --history-max-rows 0: the history needs at least 1 row".to_string(),
+            ));
+        }
         let socket = socket_flag
             .map(Path::to_path_buf)
             .or(file.socket.clone())
@@ -469,6 +488,7 @@ impl Settings {
             pin_path: pick(&flags.pin_path, &file.pin_path)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_PATH)),
             db: pick(&flags.db, &file.db).unwrap_or_else(|| PathBuf::from(DEFAULT_DB)),
+            history,
             log_format: pick(&flags.log_format, &file.log_format).unwrap_or(LogFormat::Text),
             event_lines: pick(&flags.event_lines, &file.event_lines)
                 .unwrap_or_else(|| DEFAULT_EVENT_LINES.parse().expect("valid default")),
@@ -501,6 +521,9 @@ impl Settings {
         }
         if self.db != other.db {
             out.push("db");
+        }
+        if self.history != other.history {
+            out.push("history-retention/history-max-rows");
         }
         if self.log_format != other.log_format {
             out.push("log-format");
@@ -686,8 +709,8 @@ mod tests {
             "monitor.example.toml disagrees with the defaults"
         );
         assert_eq!(
-            (s.max_sources, s.socket, s.db),
-            (d.max_sources, d.socket, d.db)
+            (s.max_sources, s.socket, s.db, s.history),
+            (d.max_sources, d.socket, d.db, d.history)
         );
         assert_eq!(
             (s.log_format, s.event_lines, s.persist, s.metrics),
@@ -741,6 +764,7 @@ mod tests {
             Box::new(|l| l.burst = Some(0)),
             Box::new(|l| l.rate = Some("0/s".parse().unwrap())),
             Box::new(|l| l.max_sources = Some(0)),
+            Box::new(|l| l.history_max_rows = Some(0)),
             Box::new(|l| l.http_path = Some("api".into())),
             Box::new(|l| l.iface.clear()),
             Box::new(|l| l.port.clear()),

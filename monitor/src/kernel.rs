@@ -10,14 +10,15 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{ProgramError, SchedClassifier, Xdp},
+    programs::{ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use monitor_common::{
     addr::AddrKey,
     config::Config,
     maps::{
         ALL_MAPS, Ban, Bucket, ListEntry, MAP_AGGREGATES, MAP_ALLOW, MAP_BANS, MAP_CONFIG,
-        MAP_DENY, MAP_EVENTS, MAP_PORTS, MAP_SOURCES, MAP_STATS, PROG_TC, PROG_XDP,
+        MAP_DENY, MAP_EVENTS, MAP_PORTS, MAP_SOURCES, MAP_STATS, PROG_SET_BAN, PROG_TC, PROG_XDP,
+        SetBan, set_ban,
     },
     stats::{STAT_COUNT, Stat},
 };
@@ -29,10 +30,29 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    #[error(
-        "loading the eBPF object failed: {0} (are you root, or have CAP_BPF and CAP_NET_ADMIN?)"
-    )]
+    #[error("loading the eBPF object failed: {0}{hint}", hint = load_hint(.0))]
     Load(#[source] Box<aya::EbpfError>),
+    #[error("not permitted to {what}: {source} ({PRIVILEGE_HINT})")]
+    Permission {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the kernel's verifier rejected program {name} ({source}); its last line: {last}; \
+         set {VERIFIER_LOG_ENV}=N to print its last N lines"
+    )]
+    Verifier {
+        name: &'static str,
+        source: std::io::Error,
+        last: String,
+        /// The verifier's whole log.
+        log: String,
+    },
+    #[error("adopting the maps pinned under {dir}: {detail}")]
+    Adopt { dir: PathBuf, detail: String },
+    #[error("{0}")]
+    PinMismatch(String),
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -57,11 +77,46 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
+    #[error("writing a bucket's ban in place: {PROG_SET_BAN} returned {0}")]
+    SetBan(u32),
     #[error("batched map read failed: {0}")]
     Batch(#[source] std::io::Error),
 }
 
 type Result<T> = std::result::Result<T, KernelError>;
+
+/// What loading and attaching need (kernel 5.8 and later; root has them all).
+pub const PRIVILEGE_HINT: &str = "run as root, or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON";
+/// Set to a number of lines to see the end of the verifier's log when it rejects a program.
+pub const VERIFIER_LOG_ENV: &str = "MONITOR_VERIFIER_LOG";
+
+fn is_permission(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+}
+
+fn load_hint(e: &aya::EbpfError) -> &'static str {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && is_permission(io)
+        {
+            return " (run as root, or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)";
+        }
+        source = err.source();
+    }
+    ""
+}
+
+impl KernelError {
+    /// The last `n` lines of the verifier's log, when this is a verifier rejection.
+    pub fn verifier_tail(&self, n: usize) -> Option<String> {
+        let KernelError::Verifier { log, .. } = self else {
+            return None;
+        };
+        let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+        Some(lines[lines.len().saturating_sub(n)..].join("\n"))
+    }
+}
 
 /// Which list an entry belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +173,149 @@ impl TableReader {
     }
 }
 
+fn program_load_error(name: &'static str, source: ProgramError) -> KernelError {
+    match source {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            if io_error.raw_os_error() == Some(libc::EPERM) {
+                return KernelError::Permission {
+                    what: format!("load program {name}"),
+                    source: io_error,
+                };
+            }
+            let log = verifier_log.to_string();
+            let last = log
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("(the verifier wrote no log)")
+                .trim()
+                .to_string();
+            KernelError::Verifier {
+                name,
+                source: io_error,
+                last,
+                log,
+            }
+        }
+        source => KernelError::Program { name, source },
+    }
+}
+
+/// Compares every map pinned under `dir` with the object's definition of it, before aya
+/// adopts it (aya reuses a pin without comparing). A table created by another build or with
+/// another capacity is refused with one line that names the map, the difference and the fix.
+///
+/// `MON_CONFIG` is compared like every map (type, sizes, entries): a `Config` of another layout
+/// has another value size and is refused. Once `Config` carries a magic number and a version,
+/// the pinned value's magic and version belong here too (a same-size layout change).
+fn check_pins(dir: &Path, max_sources: u32) -> Result<()> {
+    let mut object = None;
+    for name in ALL_MAPS {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let object = match &mut object {
+            Some(o) => o,
+            None => object.insert(
+                aya_obj::Object::parse(OBJECT)
+                    .map_err(|e| KernelError::Load(Box::new(aya::EbpfError::ParseError(e))))?,
+            ),
+        };
+        let Some(want) = object.maps.get(name) else {
+            continue;
+        };
+        let pinned = aya::maps::MapInfo::from_pin(&path).map_err(|e| match &e {
+            MapError::SyscallError(s) if is_permission(&s.io_error) => KernelError::Permission {
+                what: format!("open the pinned map {}", path.display()),
+                source: std::io::Error::from_raw_os_error(
+                    s.io_error.raw_os_error().unwrap_or(libc::EPERM),
+                ),
+            },
+            _ => KernelError::Adopt {
+                dir: dir.to_path_buf(),
+                detail: format!("{}: {e}", path.display()),
+            },
+        })?;
+        let want_entries = if name == MAP_SOURCES {
+            max_sources
+        } else {
+            want.max_entries()
+        };
+        let found_type = pinned.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
+        if let Some(line) = pin_mismatch(
+            name,
+            &path,
+            (
+                want.map_type(),
+                want.key_size(),
+                want.value_size(),
+                want_entries,
+            ),
+            (
+                found_type,
+                pinned.key_size(),
+                pinned.value_size(),
+                pinned.max_entries(),
+            ),
+        ) {
+            return Err(KernelError::PinMismatch(line));
+        }
+    }
+    Ok(())
+}
+
+/// One line naming the map, the difference and the fix, or None when they agree.
+/// Tuples are (type, key size, value size, max entries).
+pub fn pin_mismatch(
+    name: &str,
+    path: &Path,
+    want: (u32, u32, u32, u32),
+    found: (u32, u32, u32, u32),
+) -> Option<String> {
+    let dir = path.parent().unwrap_or(path).display();
+    let remove = format!(
+        "or stop the program and remove {dir} (its counters, bans and live list entries go with it)"
+    );
+    if want.0 != found.0 || want.1 != found.1 || want.2 != found.2 {
+        return Some(format!(
+            "{name} pinned at {} has type {}, key {} bytes, value {} bytes; this build wants type \
+             {}, key {} bytes, value {} bytes: it was made by another build of monitor; run that \
+             build, {remove}",
+            path.display(),
+            found.0,
+            found.1,
+            found.2,
+            want.0,
+            want.1,
+            want.2
+        ));
+    }
+    if want.3 != found.3 {
+        let fix = if name == MAP_SOURCES {
+            format!("restart with --max-sources {}, ", found.3)
+        } else {
+            String::new()
+        };
+        return Some(format!(
+            "{name} pinned with {} entries, this run wants {}: {fix}{remove}",
+            found.3, want.3
+        ));
+    }
+    None
+}
+
+/// What one sweep of expired state deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub bans: usize,
+    pub allow: usize,
+    pub deny: usize,
+}
+
 /// The kernel statistics, summed over CPUs, indexed by `Stat`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats(pub [u64; STAT_COUNT as usize]);
@@ -136,14 +334,16 @@ impl Kernel {
     /// Loads the object and both programs (not attached). Nothing is written to the maps:
     /// `MON_CONFIG` reads as all zeros until `set_config` runs, and no port is monitored.
     pub fn load(opts: &LoadOptions) -> Result<Self> {
+        let max_sources = opts.max_sources.max(1);
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(MAP_SOURCES, opts.max_sources.max(1));
+        loader.map_max_entries(MAP_SOURCES, max_sources);
         let pins: Vec<(&'static str, PathBuf)>;
         if let Some(dir) = &opts.pin_dir {
             std::fs::create_dir_all(dir).map_err(|source| KernelError::PinDir {
                 path: dir.clone(),
                 source,
             })?;
+            check_pins(dir, max_sources)?;
             pins = ALL_MAPS
                 .iter()
                 .map(|name| (*name, dir.join(name)))
@@ -152,19 +352,63 @@ impl Kernel {
                 loader.map_pin_path(name, path.as_path());
             }
         }
-        let mut ebpf = loader
-            .load(OBJECT)
-            .map_err(|e| KernelError::Load(Box::new(e)))?;
-        for name in [PROG_XDP, PROG_TC] {
+        let mut ebpf = loader.load(OBJECT).map_err(|e| match (&opts.pin_dir, &e) {
+            (Some(dir), aya::EbpfError::MapError(MapError::PinError { .. }))
+                if load_hint(&e).is_empty() =>
+            {
+                KernelError::Adopt {
+                    dir: dir.clone(),
+                    detail: format!(
+                        "{e}; stop any other monitor using them, or remove {} to start afresh",
+                        dir.display()
+                    ),
+                }
+            }
+            _ => KernelError::Load(Box::new(e)),
+        })?;
+        for name in [PROG_XDP, PROG_TC, PROG_SET_BAN] {
             let program = ebpf.program_mut(name).ok_or(KernelError::Missing(name))?;
             let result = match program {
                 aya::programs::Program::Xdp(p) => p.load(),
                 aya::programs::Program::SchedClassifier(p) => p.load(),
                 _ => return Err(KernelError::Missing(name)),
             };
-            result.map_err(|source| KernelError::Program { name, source })?;
+            result.map_err(|source| program_load_error(name, source))?;
         }
         Ok(Self { ebpf })
+    }
+
+    /// The kernel's ids of the source and aggregate tables: they name the very tables a saved
+    /// sampler baseline was taken from.
+    pub fn table_ids(&self) -> Result<(u32, u32)> {
+        let id = |name: &'static str| -> Result<u32> {
+            match self.map(name)? {
+                Map::LruHashMap(m) | Map::HashMap(m) => {
+                    Ok(m.info().map_err(Self::map_err(name))?.id())
+                }
+                _ => Err(KernelError::Missing(name)),
+            }
+        };
+        Ok((id(MAP_SOURCES)?, id(MAP_AGGREGATES)?))
+    }
+
+    /// Capacity (max entries) of each table, by map name: what was created or adopted.
+    pub fn capacities(&self) -> Vec<(&'static str, u32)> {
+        ALL_MAPS
+            .iter()
+            .filter_map(|name| {
+                let info = match self.ebpf.map(name)? {
+                    Map::HashMap(m)
+                    | Map::LruHashMap(m)
+                    | Map::Array(m)
+                    | Map::LpmTrie(m)
+                    | Map::PerCpuArray(m)
+                    | Map::RingBuf(m) => m.info().ok()?,
+                    _ => return None,
+                };
+                Some((*name, info.max_entries()))
+            })
+            .collect()
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
@@ -317,26 +561,27 @@ impl Kernel {
         Ok(fd)
     }
 
-    /// Stores a ban the way the kernel does (authoritative entry; the bucket copy is refreshed
-    /// by the kernel when the bucket is next missing).
+    /// Stores a ban the way the kernel does: the authoritative `MON_BANS` entry, then the
+    /// bucket's copy, written in place by `PROG_SET_BAN` (only that field: the kernel's
+    /// concurrent counter and limiter updates stand). Every failed write is an error.
     pub fn set_ban(&mut self, key: &AddrKey, until_ns: u64) -> Result<()> {
         let mut map: HashMap<&mut MapData, AddrKey, Ban> = self.typed_mut(MAP_BANS)?;
         map.insert(key, Ban { until_ns }, 0)
             .map_err(Self::map_err(MAP_BANS))?;
-        let mut sources: HashMap<&mut MapData, AddrKey, Bucket> = self.typed_mut(MAP_SOURCES)?;
-        if let Ok(mut bucket) = sources.get(key, 0) {
-            bucket.ban_until_ns = until_ns;
-            let _ = sources.insert(key, bucket, 2 /* BPF_EXIST */);
-        }
+        self.set_bucket_ban(key, until_ns)?;
         Ok(())
     }
 
-    /// Lifts a ban (both the authoritative entry and the bucket's copy).
+    /// Lifts a ban: the authoritative entry and the bucket's copy. True when `MON_BANS` had
+    /// an entry or the bucket carried a ban.
     pub fn clear_ban(&mut self, key: &AddrKey) -> Result<bool> {
         let mut map: HashMap<&mut MapData, AddrKey, Ban> = self.typed_mut(MAP_BANS)?;
         let existed = match map.remove(key) {
             Ok(()) => true,
             Err(MapError::KeyNotFound) => false,
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                false
+            }
             Err(source) => {
                 return Err(KernelError::Map {
                     name: MAP_BANS,
@@ -344,14 +589,87 @@ impl Kernel {
                 });
             }
         };
-        let mut sources: HashMap<&mut MapData, AddrKey, Bucket> = self.typed_mut(MAP_SOURCES)?;
-        if let Ok(mut bucket) = sources.get(key, 0)
-            && bucket.ban_until_ns != 0
-        {
-            bucket.ban_until_ns = 0;
-            let _ = sources.insert(key, bucket, 2 /* BPF_EXIST */);
+        let had_copy = self.source(key)?.is_some_and(|b| b.ban_until_ns != 0);
+        if had_copy {
+            self.set_bucket_ban(key, 0)?;
         }
-        Ok(existed)
+        Ok(existed || had_copy)
+    }
+
+    /// Sets one bucket's `ban_until_ns` in place. False when the source has no bucket (the
+    /// kernel then consults `MON_BANS` on its next packet).
+    fn set_bucket_ban(&mut self, key: &AddrKey, until_ns: u64) -> Result<bool> {
+        let input = SetBan {
+            key: *key,
+            until_ns,
+        };
+        // SAFETY: SetBan is plain #[repr(C)] data without padding (16 + 8 bytes).
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&raw const input).cast::<u8>(),
+                std::mem::size_of::<SetBan>(),
+            )
+        };
+        let program: &mut Xdp = self.program(PROG_SET_BAN)?;
+        let run = program
+            .test_run(TestRunOptions {
+                data_in: Some(bytes),
+                ..TestRunOptions::new()
+            })
+            .map_err(|source| KernelError::Program {
+                name: PROG_SET_BAN,
+                source,
+            })?;
+        match run.return_value {
+            set_ban::WRITTEN => Ok(true),
+            set_ban::NO_BUCKET => Ok(false),
+            other => Err(KernelError::SetBan(other)),
+        }
+    }
+
+    /// Deletes, in batches, every ban that ended at or before `now_ns` and every list entry that
+    /// expired by then. The kernel deletes an expired ban only when its source comes back,
+    /// which a spoofed address never does; without this sweep dead bans would fill the
+    /// table and no new offender could be banned.
+    ///
+    /// A source whose ban ended and that is banned again between the read and the delete
+    /// loses the new `MON_BANS` entry; its bucket keeps the ban's copy, so it stays banned
+    /// unless the bucket is also evicted in that window.
+    pub fn sweep_expired(&mut self, now_ns: u64) -> Result<Swept> {
+        let bans_fd = self.map_fd(MAP_BANS)?;
+        let dead: Vec<AddrKey> = crate::batch::read_all::<AddrKey, Ban>(bans_fd)
+            .map_err(KernelError::Batch)?
+            .into_iter()
+            .filter(|(_, b)| b.until_ns <= now_ns)
+            .map(|(k, _)| k)
+            .collect();
+        let bans = crate::batch::delete_all(bans_fd, &dead).map_err(KernelError::Batch)?;
+        let mut lists = [0; 2];
+        for (i, list) in [List::Allow, List::Deny].into_iter().enumerate() {
+            let name = list.map_name();
+            let expired: Vec<Key<[u8; 16]>> = self
+                .list_entries(list)?
+                .into_iter()
+                .filter(|(_, e)| e.expires_ns != 0 && e.expires_ns <= now_ns)
+                .map(|(cidr, _)| {
+                    let (key, len) = cidr.to_mapped();
+                    Key::new(len, key.addr)
+                })
+                .collect();
+            if expired.is_empty() {
+                continue;
+            }
+            let fd = match self.map(name)? {
+                Map::LpmTrie(m) => m.fd().as_fd().as_raw_fd(),
+                _ => return Err(KernelError::Missing(name)),
+            };
+            lists[i] = crate::batch::delete_all(fd, &expired).map_err(KernelError::Batch)?;
+        }
+        Ok(Swept {
+            bans,
+            allow: lists[0],
+            deny: lists[1],
+        })
     }
 
     pub fn list_insert(&mut self, list: List, cidr: &Cidr, expires_ns: u64) -> Result<()> {
@@ -404,5 +722,83 @@ impl Kernel {
         for name in ALL_MAPS {
             let _ = std::fs::remove_file(dir.join(name));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_error(errno: i32, log: &str) -> KernelError {
+        program_load_error(
+            PROG_XDP,
+            ProgramError::LoadError {
+                io_error: std::io::Error::from_raw_os_error(errno),
+                verifier_log: aya_obj::VerifierLog::new(log.to_string()),
+            },
+        )
+    }
+
+    #[test]
+    fn a_verifier_rejection_says_so_and_keeps_its_last_lines() {
+        let e = load_error(
+            libc::EACCES,
+            "0: (b7) r0 = 0\n1: (85) call bpf_foo#999\nunknown func bpf_foo#999\n\n",
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("verifier rejected program monitor_xdp"),
+            "{msg}"
+        );
+        assert!(msg.contains("unknown func bpf_foo#999"), "{msg}");
+        assert!(msg.contains(VERIFIER_LOG_ENV), "{msg}");
+        assert!(!msg.contains("CAP_"), "not a privilege problem: {msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+        assert_eq!(
+            e.verifier_tail(2).unwrap(),
+            "1: (85) call bpf_foo#999\nunknown func bpf_foo#999"
+        );
+    }
+
+    #[test]
+    fn a_permission_error_names_every_capability() {
+        let msg = load_error(libc::EPERM, "").to_string();
+        for cap in ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"] {
+            assert!(msg.contains(cap), "{msg}");
+        }
+        assert!(!msg.contains("verifier"), "{msg}");
+    }
+
+    #[test]
+    fn a_pinned_map_that_differs_is_named_with_the_difference_and_the_fix() {
+        let path = Path::new("/sys/fs/bpf/monitor/MON_SOURCES");
+        let line = pin_mismatch(
+            MAP_SOURCES,
+            path,
+            (9, 16, 40, 1_000_000),
+            (9, 16, 40, 2_000_000),
+        )
+        .unwrap();
+        assert!(
+            line.starts_with(
+                "MON_SOURCES pinned with 2000000 entries, this run wants 1000000: \
+                 restart with --max-sources 2000000, or stop the program and remove \
+                 /sys/fs/bpf/monitor"
+            ),
+            "{line}"
+        );
+        let line = pin_mismatch(
+            MAP_BANS,
+            Path::new("/p/MON_BANS"),
+            (1, 16, 8, 65_536),
+            (1, 16, 16, 65_536),
+        )
+        .unwrap();
+        assert!(
+            line.contains("value 16 bytes") && line.contains("value 8 bytes"),
+            "{line}"
+        );
+        assert!(line.contains("another build"), "{line}");
+        assert!(pin_mismatch(MAP_BANS, path, (1, 16, 8, 9), (1, 16, 8, 9)).is_none());
     }
 }

@@ -47,6 +47,9 @@ pub struct Metrics {
     pub samples: Counter,
     pub sample_errors: Counter,
     pub history_errors: Counter,
+    pub history_pruned: Counter,
+    pub swept_bans: Counter,
+    pub swept_list_entries: Counter,
     pub last_sample_seconds: Gauge<f64, AtomicU64>,
     pub uptime_seconds: Gauge<f64, AtomicU64>,
     pub control_requests: Counter,
@@ -71,6 +74,9 @@ impl Metrics {
             samples: Counter::default(),
             sample_errors: Counter::default(),
             history_errors: Counter::default(),
+            history_pruned: Counter::default(),
+            swept_bans: Counter::default(),
+            swept_list_entries: Counter::default(),
             last_sample_seconds: Gauge::default(),
             uptime_seconds: Gauge::default(),
             control_requests: Counter::default(),
@@ -133,6 +139,21 @@ impl Metrics {
             "history_write_errors",
             "Failed writes to the offender database",
             m.history_errors.clone(),
+        );
+        registry.register(
+            "history_pruned_rows",
+            "History rows deleted for age or for the row cap",
+            m.history_pruned.clone(),
+        );
+        registry.register(
+            "swept_bans",
+            "Expired bans the daemon deleted from the kernel's ban table",
+            m.swept_bans.clone(),
+        );
+        registry.register(
+            "swept_list_entries",
+            "Expired allow and deny entries the daemon deleted",
+            m.swept_list_entries.clone(),
         );
         registry.register(
             "last_sample_duration_seconds",

@@ -35,7 +35,7 @@ use tokio::{
 
 use crate::{
     config::{Layer, LogFormat, Policy, Settings},
-    history::{History, Offender, Sighting},
+    history::{self, History, Offender, Sighting},
     kernel::{Kernel, LoadOptions},
     logging,
     metrics::{self, Metrics},
@@ -43,7 +43,7 @@ use crate::{
     units::format_duration,
 };
 use control::Maps;
-use sampler::{Prefixes, Sampler, Snapshot};
+use sampler::{Baseline, Prefixes, Sampler, Snapshot};
 use writer::MapWriter;
 
 /// What the control handlers, the sampler and the event reader share. `M` is the map writer;
@@ -51,7 +51,7 @@ use writer::MapWriter;
 pub struct Shared<M = MapWriter> {
     writer: Mutex<M>,
     snapshot: RwLock<Arc<Snapshot>>,
-    history: Arc<Mutex<History>>,
+    history: Arc<Mutex<history::Writer>>,
     pub metrics: Arc<Metrics>,
     pub log_format: LogFormat,
     pub started_at: SystemTime,
@@ -81,7 +81,7 @@ impl<M: Maps> Shared<M> {
         Self {
             writer: Mutex::new(writer),
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
-            history: Arc::new(Mutex::new(history)),
+            history: Arc::new(Mutex::new(history::Writer::new(history))),
             metrics: Arc::new(Metrics::new()),
             log_format: settings.log_format,
             started_at: SystemTime::now(),
@@ -113,14 +113,33 @@ impl<M: Maps> Shared<M> {
         *lock(&self.settings) = settings;
     }
 
+    /// Buffers sightings for the history; a full buffer is written at once, the rest by
+    /// [`history_flusher`] once a second (one transaction each).
     pub async fn record_history(&self, sightings: Vec<Sighting>) {
         if sightings.is_empty() {
             return;
         }
         let history = self.history.clone();
-        let result = tokio::task::spawn_blocking(move || lock(&history).record(&sightings)).await;
+        let result = tokio::task::spawn_blocking(move || {
+            lock(&history).add(sightings, crate::timefmt::unix_ms(SystemTime::now()))
+        })
+        .await;
+        self.history_result(
+            result.map(|r| r.map(|flushes| flushes.iter().map(|f| f.pruned).sum::<u64>())),
+        );
+    }
+
+    fn history_result(
+        &self,
+        result: std::result::Result<
+            std::result::Result<u64, history::HistoryError>,
+            tokio::task::JoinError,
+        >,
+    ) {
         match result {
-            Ok(Ok(())) => {}
+            Ok(Ok(pruned)) => {
+                self.metrics.history_pruned.inc_by(pruned);
+            }
             Ok(Err(e)) => {
                 self.metrics.history_errors.inc();
                 warn!("{e}");
@@ -132,7 +151,7 @@ impl<M: Maps> Shared<M> {
     pub async fn offenders(&self, since_ms: i64, limit: usize) -> Result<Vec<Offender>> {
         let history = self.history.clone();
         Ok(
-            tokio::task::spawn_blocking(move || lock(&history).offenders(since_ms, limit))
+            tokio::task::spawn_blocking(move || lock(&history).history.offenders(since_ms, limit))
                 .await??,
         )
     }
@@ -245,13 +264,13 @@ async fn serve(settings: Settings, flags: Layer, socket_flag: Option<PathBuf>) -
     let _lock = preflight::lock_pin_path(&settings.pin_path)?;
     let adopting = settings.pin_path.join(MAP_CONFIG).exists();
     create_parent(&settings.db, "database")?;
-    let history = History::open(&settings.db)?;
+    let history = History::open(&settings.db, settings.history)?;
     let metrics_listener = match settings.metrics {
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
     };
     let started = start(&settings, adopting);
-    let (writer, attachments, ring, reader, logger) = match started {
+    let (writer, attachments, ring, reader, logger, table_ids) = match started {
         Ok(parts) => parts,
         Err(e) => {
             if !adopting {
@@ -280,7 +299,31 @@ async fn serve(settings: Settings, flags: Layer, socket_flag: Option<PathBuf>) -
             error!("event reader stopped: {e:#}");
         }
     });
-    tasks.spawn(sample_loop(Sampler::new(reader), shared.clone()));
+    let baseline_path = baseline_path(&settings.db);
+    let baseline = if !adopting {
+        let _ = std::fs::remove_file(&baseline_path);
+        Baseline::Empty
+    } else if let Some(saved) = sampler::take_baseline(&baseline_path, table_ids) {
+        info!(
+            "requests refused while no daemon ran will be booked against the {} counters the \
+             last daemon left",
+            saved.len()
+        );
+        Baseline::Saved(saved)
+    } else {
+        warn!(
+            "no saved counters for the adopted tables (the last daemon did not stop cleanly): \
+             requests refused since its last sample are not in the history"
+        );
+        Baseline::Unknown
+    };
+    let stop_sampling = tokio_util::sync::CancellationToken::new();
+    let sampling = tokio::spawn(sample_loop(
+        Sampler::new(reader, baseline),
+        shared.clone(),
+        stop_sampling.clone(),
+        settings.persist.then(|| (baseline_path.clone(), table_ids)),
+    ));
     let shutdown = tokio_util::sync::CancellationToken::new();
     let control_server = tokio::spawn(control::server::serve(
         listener,
@@ -288,6 +331,8 @@ async fn serve(settings: Settings, flags: Layer, socket_flag: Option<PathBuf>) -
         control::server::Limits::default(),
         shutdown.clone(),
     ));
+    tasks.spawn(history_flusher(shared.clone()));
+    tasks.spawn(sweeper(shared.clone()));
     if let Some(listener) = metrics_listener {
         info!(
             "serving metrics on http://{}/metrics",
@@ -331,7 +376,16 @@ async fn serve(settings: Settings, flags: Layer, socket_flag: Option<PathBuf>) -
     {
         warn!("control commands still running after {SHUTDOWN_GRACE:?}; stopping anyway");
     }
+    // The last sample books what was refused since the one before; with --persist its counters
+    // are saved so the next daemon books the refusals of the time in between exactly once.
+    stop_sampling.cancel();
+    match tokio::time::timeout(std::time::Duration::from_secs(60), sampling).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!("sampler task failed: {e}"),
+        Err(_) => warn!("the last table sample took over a minute; stopping without it"),
+    }
     tasks.abort_all();
+    flush_history(&shared).await;
     let _ = std::fs::remove_file(&settings.socket);
     if settings.persist {
         info!(
@@ -356,12 +410,21 @@ type Started = (
     aya::maps::RingBuf<aya::maps::MapData>,
     crate::kernel::TableReader,
     EbpfLogger<logging::KernelLog>,
+    (u32, u32),
 );
 
 fn start(settings: &Settings, adopting: bool) -> Result<Started> {
     let mut kernel = Kernel::load(&LoadOptions {
         max_sources: settings.max_sources,
         pin_dir: Some(settings.pin_path.clone()),
+    })
+    .inspect_err(|e| {
+        let lines = std::env::var(crate::kernel::VERIFIER_LOG_ENV)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok());
+        if let Some(tail) = lines.and_then(|n| e.verifier_tail(n)) {
+            error!("the verifier's last lines:\n{tail}");
+        }
     })?;
     if adopting {
         info!(
@@ -373,6 +436,7 @@ fn start(settings: &Settings, adopting: bool) -> Result<Started> {
         .context("starting the kernel log reader")?;
     let ring = kernel.take_events()?;
     let reader = kernel.table_reader()?;
+    let table_ids = kernel.table_ids()?;
     let mut writer = MapWriter::start(
         kernel,
         settings.policy.clone(),
@@ -380,7 +444,63 @@ fn start(settings: &Settings, adopting: bool) -> Result<Started> {
         &settings.deny,
     )?;
     let attachments = attach::attach_all(writer.kernel_mut(), settings)?;
-    Ok((writer, attachments, ring, reader, logger))
+    Ok((writer, attachments, ring, reader, logger, table_ids))
+}
+
+/// How often expired bans and list entries are deleted. A ban table full of dead bans accepts
+/// new bans again within this time.
+pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn sweeper(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_error_logged: Option<Instant> = None;
+    loop {
+        tick.tick().await;
+        let s = shared.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            s.writer().sweep_expired(crate::clock::kernel_now_ns())
+        })
+        .await;
+        match result {
+            Ok(Ok(swept)) => {
+                let m = &shared.metrics;
+                m.swept_bans.inc_by(swept.bans as u64);
+                m.swept_list_entries
+                    .inc_by((swept.allow + swept.deny) as u64);
+            }
+            Ok(Err(e)) => {
+                if last_error_logged.is_none_or(|t| t.elapsed().as_secs() >= 60) {
+                    warn!("{e:#}");
+                    last_error_logged = Some(Instant::now());
+                }
+            }
+            Err(e) => warn!("sweeper thread failed: {e}"),
+        }
+    }
+}
+
+/// How often buffered sightings are written.
+const HISTORY_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
+async fn history_flusher(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(HISTORY_FLUSH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        flush_history(&shared).await;
+    }
+}
+
+async fn flush_history(shared: &Shared) {
+    let history = shared.history.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        lock(&history)
+            .flush(crate::timefmt::unix_ms(SystemTime::now()))
+            .map(|f| f.pruned)
+    })
+    .await;
+    shared.history_result(result);
 }
 
 async fn log_forwarder(logger: EbpfLogger<logging::KernelLog>) {
@@ -398,11 +518,29 @@ async fn log_forwarder(logger: EbpfLogger<logging::KernelLog>) {
     }
 }
 
-async fn sample_loop(mut sampler: Sampler, shared: Arc<Shared>) {
+/// Where a stopping daemon leaves the sampler's counters for the next (next to the database).
+fn baseline_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".baseline");
+    PathBuf::from(name)
+}
+
+async fn sample_loop(
+    mut sampler: Sampler,
+    shared: Arc<Shared>,
+    stop: tokio_util::sync::CancellationToken,
+    save: Option<(PathBuf, (u32, u32))>,
+) {
     let mut last_error_logged: Option<Instant> = None;
     let mut next_start = Instant::now();
+    let mut stopping = false;
     loop {
-        tokio::time::sleep_until(next_start.into()).await;
+        if !stopping {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_start.into()) => {}
+                _ = stop.cancelled() => stopping = true,
+            }
+        }
         let started = Instant::now();
         let prefixes = {
             let w = shared.writer();
@@ -460,6 +598,23 @@ async fn sample_loop(mut sampler: Sampler, shared: Arc<Shared>) {
         if let (Ok(stats), Ok(allow), Ok(deny)) = counts {
             m.observe_kernel(&stats);
             m.set_list_entries(allow, deny);
+        }
+        if stopping {
+            break;
+        }
+    }
+    if let Some((path, ids)) = save {
+        let result = tokio::task::spawn_blocking(move || {
+            sampler::save_baseline(&path, ids, sampler.booked()).map(|n| (n, path))
+        })
+        .await;
+        match result {
+            Ok(Ok((n, path))) => info!(
+                "saved the counters of {n} keys to {} for the next daemon",
+                path.display()
+            ),
+            Ok(Err(e)) => warn!("saving the sampler's counters for the next daemon: {e}"),
+            Err(e) => warn!("saving the sampler's counters: {e}"),
         }
     }
 }

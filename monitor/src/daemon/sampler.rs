@@ -131,8 +131,87 @@ impl Prefixes {
     }
 }
 
+/// Where the first sample's drop counts start from, so that requests refused while no daemon
+/// ran (the `--persist` window) reach the history exactly once.
+pub enum Baseline {
+    /// Tables created by this run: everything they hold is new.
+    Empty,
+    /// The counters as the previous daemon last booked them (saved when it stopped).
+    Saved(KeyMap<(u64, u64)>),
+    /// Adopted tables and no saved baseline (the previous daemon did not stop cleanly): the
+    /// first sample only sets the baseline.
+    Unknown,
+}
+
+/// The file a stopping daemon leaves for the next: the tables' map ids (a baseline applies
+/// only to the very tables it was taken from) and every key with refused requests.
+const BASELINE_MAGIC: &[u8; 8] = b"MONBASE1";
+const BASELINE_ENTRY: usize = 1 + 16 + 8 + 8;
+
+/// Writes the refused counters the history has booked (atomically: a temporary file renamed).
+pub fn save_baseline(
+    path: &std::path::Path,
+    table_ids: (u32, u32),
+    booked: &KeyMap<(u64, u64)>,
+) -> std::io::Result<usize> {
+    use std::io::Write as _;
+    let entries: Vec<_> = booked.iter().filter(|(_, (_, r))| *r > 0).collect();
+    let mut buf = Vec::with_capacity(24 + entries.len() * BASELINE_ENTRY);
+    buf.extend_from_slice(BASELINE_MAGIC);
+    buf.extend_from_slice(&table_ids.0.to_le_bytes());
+    buf.extend_from_slice(&table_ids.1.to_le_bytes());
+    buf.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    for ((level, key), (requests, refused)) in &entries {
+        buf.push(matches!(level, Level::Aggregate) as u8);
+        buf.extend_from_slice(&key.addr);
+        buf.extend_from_slice(&requests.to_le_bytes());
+        buf.extend_from_slice(&refused.to_le_bytes());
+    }
+    let tmp = path.with_extension("baseline.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&buf)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(entries.len())
+}
+
+/// Reads and removes a saved baseline. None when there is none, or when it was taken from
+/// other tables than `table_ids`, or when it is damaged.
+pub fn take_baseline(path: &std::path::Path, table_ids: (u32, u32)) -> Option<KeyMap<(u64, u64)>> {
+    let bytes = std::fs::read(path).ok()?;
+    let _ = std::fs::remove_file(path);
+    let (head, body) = bytes.split_at_checked(24)?;
+    let u32_at = |i: usize| u32::from_le_bytes(head[i..i + 4].try_into().unwrap());
+    if &head[..8] != BASELINE_MAGIC || (u32_at(8), u32_at(12)) != table_ids {
+        return None;
+    }
+    let count = u64::from_le_bytes(head[16..24].try_into().unwrap()) as usize;
+    if body.len() != count.checked_mul(BASELINE_ENTRY)? {
+        return None;
+    }
+    let mut out = KeyMap::default();
+    out.reserve(count);
+    for e in body.chunks_exact(BASELINE_ENTRY) {
+        let level = if e[0] == 1 {
+            Level::Aggregate
+        } else {
+            Level::Source
+        };
+        let key = AddrKey {
+            addr: e[1..17].try_into().unwrap(),
+        };
+        let requests = u64::from_le_bytes(e[17..25].try_into().unwrap());
+        let refused = u64::from_le_bytes(e[25..33].try_into().unwrap());
+        out.insert((level, key), (requests, refused));
+    }
+    Some(out)
+}
+
 pub struct Sampler {
     reader: TableReader,
+    /// Whether the first sample's refused counts, measured against `previous`, are news for
+    /// the history (false only for adopted tables without a saved baseline).
+    baseline_known: bool,
     previous: KeyMap<(u64, u64)>,
     /// The map before `previous`, kept to be cleared and refilled: allocating (and faulting
     /// in) a fresh million-entry map every second costs more than the inserts.
@@ -147,10 +226,16 @@ pub struct SampleOutput {
 }
 
 impl Sampler {
-    pub fn new(reader: TableReader) -> Self {
+    pub fn new(reader: TableReader, baseline: Baseline) -> Self {
+        let (baseline_known, previous) = match baseline {
+            Baseline::Empty => (true, KeyMap::default()),
+            Baseline::Saved(map) => (true, map),
+            Baseline::Unknown => (false, KeyMap::default()),
+        };
         Self {
             reader,
-            previous: KeyMap::default(),
+            baseline_known,
+            previous,
             spare: KeyMap::default(),
             previous_at: None,
         }
@@ -209,7 +294,7 @@ impl Sampler {
                 if rate > 0.0 && bucket.refused > 0 {
                     rates.insert(id, rate);
                 }
-                if !first && delta_ref > 0 {
+                if (!first || self.baseline_known) && delta_ref > 0 {
                     sightings.push(Sighting {
                         source: prefixes.cidr(level, key).to_string(),
                         level: level.as_str(),
@@ -255,6 +340,7 @@ impl Sampler {
             })
             .collect();
         self.spare = std::mem::replace(&mut self.previous, current);
+        self.baseline_known = true;
         self.previous_at = Some(started);
         let snapshot = Snapshot {
             taken_at: Some(now_w),
@@ -270,6 +356,13 @@ impl Sampler {
             snapshot: Arc::new(snapshot),
             sightings,
         })
+    }
+}
+
+impl Sampler {
+    /// The counters the history has booked so far (what the next daemon starts from).
+    pub fn booked(&self) -> &KeyMap<(u64, u64)> {
+        &self.previous
     }
 }
 
@@ -310,5 +403,37 @@ mod pacing_tests {
         let period = period_after(took);
         assert!(took.as_secs_f64() / period.as_secs_f64() <= MAX_CPU_SHARE + 1e-9);
         assert!(period <= Duration::from_secs(23), "{period:?}");
+    }
+}
+
+#[cfg(test)]
+mod baseline_tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_baseline_applies_only_to_the_tables_it_came_from_and_only_once() {
+        let dir = std::env::temp_dir().join(format!("monitor-baseline-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("offenders.db.baseline");
+        let mut booked = KeyMap::default();
+        booked.insert((Level::Source, AddrKey::from_v4([192, 0, 2, 1])), (50, 7));
+        booked.insert(
+            (Level::Aggregate, AddrKey::from_v4([192, 0, 2, 0])),
+            (80, 9),
+        );
+        // Keys with nothing refused need no baseline: all their refusals are news.
+        booked.insert((Level::Source, AddrKey::from_v4([192, 0, 2, 2])), (5, 0));
+        assert_eq!(save_baseline(&path, (11, 12), &booked).unwrap(), 2);
+        assert!(take_baseline(&path, (11, 13)).is_none(), "other tables");
+        assert!(!path.exists(), "a read baseline is removed");
+        save_baseline(&path, (11, 12), &booked).unwrap();
+        let got = take_baseline(&path, (11, 12)).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            got[&(Level::Aggregate, AddrKey::from_v4([192, 0, 2, 0]))],
+            (80, 9)
+        );
+        assert!(take_baseline(&path, (11, 12)).is_none(), "used once");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

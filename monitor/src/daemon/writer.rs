@@ -193,6 +193,19 @@ impl MapWriter {
         }
     }
 
+    /// Deletes expired bans and list entries (see [`Kernel::sweep_expired`]) and, when a list
+    /// became empty, tells the kernel to stop consulting it.
+    pub fn sweep_expired(&mut self, now_ns: u64) -> Result<crate::kernel::Swept> {
+        let swept = self
+            .kernel
+            .sweep_expired(now_ns)
+            .context("sweeping expired bans and list entries")?;
+        if swept.allow + swept.deny > 0 {
+            self.refresh_list_flags()?;
+        }
+        Ok(swept)
+    }
+
     /// Blocks a CIDR until `until_ns` (kernel clock).
     pub fn block(&mut self, cidr: &Cidr, until_ns: u64) -> Result<BlockKind> {
         if cidr.len == self.source_prefix(cidr) {

@@ -179,6 +179,9 @@ pub struct StatusReply {
     pub tracked_sources: u64,
     pub tracked_aggregates: u64,
     pub counters: BTreeMap<String, u64>,
+    /// Capacity (max entries) of each kernel table, by map name, as created or adopted.
+    #[serde(default)]
+    pub capacity: BTreeMap<String, u32>,
 }
 
 /// Reply to commands that change something.

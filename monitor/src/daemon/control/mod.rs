@@ -49,6 +49,8 @@ pub trait Maps: Send + 'static {
     fn list_remove(&mut self, list: List, cidr: &Cidr) -> Result<bool>;
     fn list_entries(&self, list: List) -> Result<Vec<(Cidr, ListEntry)>>;
     fn stats(&self) -> Result<Stats>;
+    /// Capacity (max entries) of each kernel table, by map name, as created or adopted.
+    fn capacities(&self) -> Vec<(&'static str, u32)>;
 }
 
 impl Maps for MapWriter {
@@ -75,6 +77,9 @@ impl Maps for MapWriter {
     }
     fn list_entries(&self, list: List) -> Result<Vec<(Cidr, ListEntry)>> {
         Ok(self.kernel().list_entries(list)?)
+    }
+    fn capacities(&self) -> Vec<(&'static str, u32)> {
+        self.kernel().capacities()
     }
     fn stats(&self) -> Result<Stats> {
         Ok(self.kernel().stats()?)
@@ -236,6 +241,9 @@ pub mod fake {
                 .map(|(c, e)| (*c, ListEntry { expires_ns: *e }))
                 .collect())
         }
+        fn capacities(&self) -> Vec<(&'static str, u32)> {
+            vec![("MON_SOURCES", 4096)]
+        }
         fn stats(&self) -> Result<Stats> {
             Ok(self.stats)
         }
@@ -262,7 +270,11 @@ pub mod fake {
             policy: Some(settings.policy.clone()),
             ..FakeMaps::default()
         };
-        let history = History::open(std::path::Path::new(":memory:")).expect("in-memory history");
+        let history = History::open(
+            std::path::Path::new(":memory:"),
+            crate::history::Retention::default(),
+        )
+        .expect("in-memory history");
         Shared::new(maps, settings, flags, None, history, Vec::new())
     }
 }

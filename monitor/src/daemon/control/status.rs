@@ -16,12 +16,16 @@ use crate::{
 pub fn run<M: Maps>(shared: &Shared<M>) -> Result<Value> {
     let settings = shared.settings();
     let snapshot = shared.snapshot();
-    let (policy, allow, deny) = {
+    let (policy, allow, deny, capacity) = {
         let w = shared.writer();
         (
             w.policy().clone(),
             w.list_entries(List::Allow)?.len(),
             w.list_entries(List::Deny)?.len(),
+            w.capacities()
+                .into_iter()
+                .map(|(name, n)| (name.to_string(), n))
+                .collect(),
         )
     };
     let reply = StatusReply {
@@ -64,6 +68,7 @@ pub fn run<M: Maps>(shared: &Shared<M>) -> Result<Value> {
         tracked_sources: snapshot.tracked_sources,
         tracked_aggregates: snapshot.tracked_aggregates,
         counters: counters(shared)?,
+        capacity,
     };
     Ok(json(reply))
 }
