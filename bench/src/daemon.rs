@@ -1,0 +1,268 @@
+//! The product as deployed: `monitor run` (the real release binary) started inside the API
+//! namespace with default flags apart from the limit, attached natively to the receive veth,
+//! and pinned to one CPU. Used by the throughput alternation (`Filter::Deployed`) and by the
+//! control-plane part. Everything the benchmark learns from it comes through the product's own
+//! interfaces (the control socket and its log), never from its maps.
+
+use std::{
+    io::{Read as _, Seek as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{filters::Rule, net::Topology, sys, throughput::RX_CPU};
+
+/// The daemon runs on the receive core, the core that handles the flood: on an API host the
+/// daemon shares its CPUs with the packet processing it protects, so every cycle it spends
+/// there is a cycle the data plane does not get. It runs there as an ordinary (SCHED_OTHER)
+/// process, as an operator would start it; the NAPI thread keeps its SCHED_FIFO priority, as
+/// softirq processing would have over a process.
+pub const DAEMON_CPU: usize = RX_CPU;
+
+/// Source table capacity given to the daemon: the same as the bare object's.
+pub const CAPACITY: u32 = crate::filters::OUR_CAPACITY;
+
+static BINARY: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+
+/// Where the `monitor` binary is and where the daemons' files go (set once, from `main`).
+pub fn configure(bin: PathBuf, work: PathBuf) {
+    let _ = BINARY.set((bin, work));
+}
+
+fn configured() -> anyhow::Result<&'static (PathBuf, PathBuf)> {
+    BINARY
+        .get()
+        .context("the daemon's binary was not configured (bench main sets it)")
+}
+
+pub struct Daemon {
+    child: Child,
+    /// A private bpffs mount for the daemon's pins: `ip netns exec` mounts a fresh /sys, which
+    /// hides /sys/fs/bpf from the daemon it starts.
+    bpffs: PathBuf,
+    pub bin: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = sys::sh(&["umount", &self.bpffs.to_string_lossy()]);
+        let _ = std::fs::remove_dir(&self.bpffs);
+    }
+}
+
+impl Daemon {
+    /// Starts `monitor run` on the API veth with `rule` as its limit (and the aggregate level
+    /// off, as the peers have none), counting packets on TCP and UDP port 8443, and waits until
+    /// it answers on its socket. `tag` names its files under the work directory.
+    pub fn start(t: &Topology, rule: &Rule, tag: &str) -> anyhow::Result<Self> {
+        let (bin, work) = configured()?;
+        let dir = work.join(tag);
+        std::fs::create_dir_all(&dir)?;
+        let socket = dir.join("monitor.sock");
+        let _ = std::fs::remove_file(&socket);
+        let db = dir.join("offenders.db");
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+        }
+        let bpffs = PathBuf::from(format!("/run/mbench{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&bpffs)?;
+        if let Err(e) = sys::sh(&["mount", "-t", "bpf", "bpf", &bpffs.to_string_lossy()]) {
+            let _ = std::fs::remove_dir(&bpffs);
+            return Err(e.context("mounting a private bpffs for the daemon's pins"));
+        }
+        let log = dir.join("daemon.log");
+        let log_file = std::fs::File::create(&log)?;
+        let cap = CAPACITY.to_string();
+        let cpu = DAEMON_CPU.to_string();
+        let spawned = Command::new("taskset")
+            .args(["-c", &cpu, "ip", "netns", "exec", &t.api.name])
+            .arg(bin)
+            .args(["run", "--iface", &t.api_if, "--xdp-mode", "native"])
+            .args(["--port", &crate::cost::PORT.to_string(), "--proto", "both"])
+            .args(rule.daemon_flags())
+            .args([
+                "--agg-rate",
+                "0",
+                "--count",
+                "packets",
+                "--max-sources",
+                &cap,
+            ])
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--pin-path")
+            .arg(bpffs.join("monitor"))
+            .arg("--db")
+            .arg(&db)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn();
+        let child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = sys::sh(&["umount", &bpffs.to_string_lossy()]);
+                let _ = std::fs::remove_dir(&bpffs);
+                return Err(anyhow::Error::from(e).context("starting `monitor run`"));
+            }
+        };
+        let mut d = Daemon {
+            child,
+            bpffs,
+            bin: bin.clone(),
+            socket,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while d.cli(&["status"]).is_err() {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                bail!(
+                    "`monitor run` exited ({status}) before answering: see {}",
+                    d.log.display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the daemon did not answer on {} within 30 s (see {})",
+                    d.socket.display(),
+                    d.log.display()
+                );
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        Ok(d)
+    }
+
+    /// The daemon process (`taskset` and `ip netns exec` exec into it, keeping the pid).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Runs a CLI command against this daemon; returns its wall time (ms) and stdout.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<(f64, String)> {
+        cli(&self.bin, &self.socket, args)
+    }
+
+    /// A counter from `monitor --json stats` (the kernel's statistics, summed over CPUs).
+    pub fn stat(&self, name: &str) -> anyhow::Result<u64> {
+        let (_, out) = self.cli(&["--json", "stats"])?;
+        find_u64(&serde_json::from_str(&out)?, name)
+            .with_context(|| format!("`monitor --json stats` has no {name:?}"))
+    }
+
+    /// `(sampled_at, sample_took_ms, tracked_sources)` of the daemon's latest table sample.
+    pub fn last_sample(&self) -> anyhow::Result<(Option<String>, u64, u64)> {
+        let (_, out) = self.cli(&["--json", "top", "--limit", "1"])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        Ok((
+            v["sampled_at"].as_str().map(str::to_string),
+            find_u64(&v, "sample_took_ms").unwrap_or(0),
+            find_u64(&v, "tracked_sources").unwrap_or(0),
+        ))
+    }
+
+    /// CPU time the daemon has used (user + system, seconds).
+    pub fn cpu_secs(&self) -> anyhow::Result<f64> {
+        sys::process_cpu_secs(self.pid()).context("reading the daemon's CPU time")
+    }
+}
+
+/// Counts newlines in `path` from byte `from`; returns them and the file's length.
+pub fn count_lines(path: &Path, from: u64) -> (u64, u64) {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return (0, from);
+    };
+    if f.seek(std::io::SeekFrom::Start(from)).is_err() {
+        return (0, from);
+    }
+    let mut buf = vec![0u8; 1 << 16];
+    let (mut n, mut len) = (0u64, from);
+    while let Ok(k) = f.read(&mut buf) {
+        if k == 0 {
+            break;
+        }
+        n += buf[..k].iter().filter(|&&b| b == b'\n').count() as u64;
+        len += k as u64;
+    }
+    (n, len)
+}
+
+pub fn cli(bin: &Path, socket: &Path, args: &[&str]) -> anyhow::Result<(f64, String)> {
+    let start = Instant::now();
+    let out = Command::new(bin)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    if !out.status.success() {
+        bail!(
+            "monitor {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok((ms, String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+/// Finds a numeric field by name anywhere in a JSON document.
+pub fn find_u64(v: &serde_json::Value, key: &str) -> Option<u64> {
+    match v {
+        serde_json::Value::Object(m) => m
+            .get(key)
+            .and_then(|x| x.as_u64())
+            .or_else(|| m.values().find_map(|x| find_u64(x, key))),
+        serde_json::Value::Array(a) => a.iter().find_map(|x| find_u64(x, key)),
+        _ => None,
+    }
+}
+
+/// What the daemon did over one measured window.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Window {
+    pub cpu_fraction: f64,
+    pub lines_per_sec: f64,
+}
+
+/// Starts measuring the daemon's CPU and log lines.
+pub struct WindowStart {
+    at: Instant,
+    cpu: f64,
+    log_len: u64,
+}
+
+impl WindowStart {
+    pub fn now(d: &Daemon) -> anyhow::Result<Self> {
+        Ok(Self {
+            at: Instant::now(),
+            cpu: d.cpu_secs()?,
+            log_len: std::fs::metadata(&d.log).map(|m| m.len()).unwrap_or(0),
+        })
+    }
+
+    pub fn finish(&self, d: &Daemon) -> anyhow::Result<Window> {
+        let secs = self.at.elapsed().as_secs_f64();
+        let cpu = d.cpu_secs()? - self.cpu;
+        let (lines, _) = count_lines(&d.log, self.log_len);
+        Ok(Window {
+            cpu_fraction: cpu / secs,
+            lines_per_sec: lines as f64 / secs,
+        })
+    }
+}
