@@ -5,10 +5,7 @@
 //! of the loud source's requests each design admitted against what the limit allows.
 
 use anyhow::Context as _;
-use aya::{
-    maps::{Array, MapData, PerCpuArray},
-    programs::{TestRun as _, TestRunOptions},
-};
+use aya::maps::{Array, MapData, PerCpuArray};
 use serde::Serialize;
 
 use crate::{fill, progs::Bench};
@@ -139,6 +136,43 @@ fn memlock(bench: &Bench, map: &str) -> anyhow::Result<u64> {
         .unwrap_or(0))
 }
 
+const CHURN_CPU: usize = 0;
+
+/// One BPF_PROG_TEST_RUN of `repeat` runs of `frame` (the bench needs no output).
+fn test_run(prog: &std::os::fd::OwnedFd, frame: &[u8], repeat: u32) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+    }
+    let mut attr = TestAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat,
+        ..Default::default()
+    };
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestAttr,
+            size_of::<TestAttr>(),
+        )
+    };
+    anyhow::ensure!(r == 0, "{}", std::io::Error::last_os_error());
+    Ok(())
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct ChurnCell {
     pub design: String,
@@ -215,21 +249,30 @@ pub fn churn(bench: &mut Bench, spoofed: &[u32], secs: f64) -> anyhow::Result<Ta
                 }
             }
             let frame = vec![0u8; 64];
-            // test_run runs all repeats on one CPU; chunk the run to bound each syscall.
-            let chunk = 10_000_000u64;
-            let mut done = 0u64;
-            while done < packets {
-                let n = chunk.min(packets - done) as u32;
-                bench
-                    .prog(prog)?
-                    .test_run(TestRunOptions {
-                        data_in: Some(&frame),
-                        repeat: n,
-                        ..TestRunOptions::new()
-                    })
-                    .with_context(|| format!("BPF_PROG_TEST_RUN of {prog}"))?;
-                done += n as u64;
-            }
+            let started = std::time::Instant::now();
+            // The sequence (and so the injected clock) is per CPU: every chunk must run on the
+            // same CPU, so the runs go through one pinned thread.
+            let fd = {
+                use std::os::fd::AsFd as _;
+                bench.prog(prog)?.fd()?.as_fd().try_clone_to_owned()?
+            };
+            std::thread::scope(|s| {
+                s.spawn(|| -> anyhow::Result<()> {
+                    crate::sys::pin_thread(CHURN_CPU)?;
+                    let chunk = 10_000_000u64;
+                    let mut done = 0u64;
+                    while done < packets {
+                        let n = chunk.min(packets - done) as u32;
+                        test_run(&fd, &frame, n)
+                            .with_context(|| format!("BPF_PROG_TEST_RUN of {prog}"))?;
+                        done += n as u64;
+                    }
+                    Ok(())
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("churn thread panicked"))?
+            })?;
+            let took = started.elapsed().as_secs_f64();
             let k: PerCpuArray<&MapData, u64> =
                 PerCpuArray::try_from(bench.ebpf.map("CHURN").context("CHURN")?)?;
             let sum = |i: u32| -> anyhow::Result<u64> { Ok(k.get(&i, 0)?.iter().sum()) };
@@ -246,7 +289,7 @@ pub fn churn(bench: &mut Bench, spoofed: &[u32], secs: f64) -> anyhow::Result<Ta
                 loud_pps: flood_pps / loud_every as f64,
             };
             eprintln!(
-                "bench:   churn: {design}, {} spoofed sources: loud source admitted {} of {} (limit allows {:.0}: {:+.1}%)",
+                "bench:   churn: {design}, {} spoofed sources: loud source admitted {} of {} (limit allows {:.0}: {:+.1}%) [{:.0} ns per packet]",
                 if n == 0 {
                     "any-address".to_string()
                 } else {
@@ -255,7 +298,8 @@ pub fn churn(bench: &mut Bench, spoofed: &[u32], secs: f64) -> anyhow::Result<Ta
                 cell.loud_admitted,
                 cell.loud_sent,
                 cell.allowed,
-                cell.extra() * 100.0
+                cell.extra() * 100.0,
+                took * 1e9 / packets as f64
             );
             out.churn.push(cell);
         }
