@@ -23,7 +23,7 @@ pub struct GenCfg {
 }
 unsafe impl aya::Pod for GenCfg {}
 
-const PROGRAMS: [&str; 22] = [
+const PROGRAMS: [&str; 24] = [
     "bench_pass",
     "bench_drop",
     "bench_gen",
@@ -42,6 +42,8 @@ const PROGRAMS: [&str; 22] = [
     "cut_config",
     "cut_key4",
     "cut_all",
+    "step_coarse",
+    "cut_coarse",
     "bench_sa",
     "bench_lrug",
     "churn_sa",

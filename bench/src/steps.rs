@@ -37,7 +37,7 @@ struct Live {
 unsafe impl aya::Pod for Live {}
 
 /// (program, what it adds, compared with which earlier row)
-pub const STEPS: [(&str, &str, Option<&str>); 12] = [
+pub const STEPS: [(&str, &str, Option<&str>); 14] = [
     ("bench_pass", "trivial XDP_PASS", None),
     (
         "step_parse",
@@ -88,6 +88,16 @@ pub const STEPS: [(&str, &str, Option<&str>); 12] = [
         "cut_key4",
         "cut: step_gcra with a 4-byte IPv4 key",
         Some("step_clock"),
+    ),
+    (
+        "step_coarse",
+        "step_clock with the coarse clock (bpf_ktime_get_coarse_ns)",
+        Some("step_config"),
+    ),
+    (
+        "cut_coarse",
+        "cut: step_gcra, fine clock only when the coarse one cannot refuse",
+        Some("step_config"),
     ),
     (
         "cut_all",
@@ -174,7 +184,10 @@ pub fn run(bench: &mut Bench, rounds: usize, repeat: u32) -> anyhow::Result<Step
                     .test_run(opts)
                     .with_context(|| format!("BPF_PROG_TEST_RUN of {prog}"))?;
                 let verdict_step =
-                    matches!(*prog, "step_gcra" | "step_full" | "cut_key4" | "cut_all");
+                    matches!(
+                    *prog,
+                    "step_gcra" | "step_full" | "cut_key4" | "cut_all" | "cut_coarse"
+                );
                 let expect = if *drop && verdict_step { 1 } else { 2 };
                 anyhow::ensure!(
                     r.return_value == expect,
