@@ -62,35 +62,41 @@ impl SampleWindow {
     }
 }
 
-/// Polls until the daemon reports a sample of at least `min_tracked` sources newer than
-/// `after`; returns (sampled_at, took_ms, tracked, when the change was first seen).
-fn next_sample(
-    d: &Daemon,
-    after: Option<&str>,
-    min_tracked: u64,
-    timeout: Duration,
-) -> anyhow::Result<(String, u64, u64, Instant)> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (at, took, tracked) = d.last_sample()?;
-        if let Some(at) = at
-            && Some(at.as_str()) != after
-            && tracked >= min_tracked
-        {
-            return Ok((at, took, tracked, Instant::now()));
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the daemon took no sample of {min_tracked}+ sources within {timeout:?}"
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
+/// Where the control part's daemon serves metrics (inside the API namespace).
+const METRICS: &str = "127.0.0.1:9469";
+
+/// What one metrics poll says: samples taken, the last one's duration, packets dropped,
+/// sources tracked at the last sample.
+#[derive(Clone, Copy, Debug)]
+struct Poll {
+    at: Instant,
+    samples: u64,
+    took: Duration,
+    dropped: u64,
+    tracked: u64,
+}
+
+fn poll(t: &Topology) -> anyhow::Result<Poll> {
+    let m = Daemon::metrics(t, METRICS)?;
+    let get = |name: &str| {
+        m.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| *v)
+            .with_context(|| format!("the daemon's metrics have no {name}"))
+    };
+    Ok(Poll {
+        at: Instant::now(),
+        samples: get("monitor_samples_total")? as u64,
+        took: Duration::from_secs_f64(get("monitor_last_sample_duration_seconds")?),
+        dropped: get("monitor_kernel_packets_total{reason=\"dropped\"}")? as u64,
+        tracked: get("monitor_tracked_sources")? as u64,
+    })
 }
 
 /// Floods at full rate across the daemon's next full-table sample. The daemon paces its
 /// samples (`monitor::daemon::sampler::period_after`), so the next one starts about one
 /// period after the last one started; the flood starts a little before that and runs until
-/// the sample has been reported, polling the drop counter meanwhile.
+/// the sample has been counted, polling the daemon's metrics every 100 ms meanwhile.
 fn across_a_sample(
     d: &Daemon,
     t: &Topology,
@@ -98,22 +104,37 @@ fn across_a_sample(
     frame: &[u8],
     min_tracked: u64,
 ) -> anyhow::Result<SampleWindow> {
-    let (at, took_ms, _, seen) =
-        next_sample(d, None, min_tracked, Duration::from_secs(120)).context("first sample")?;
-    let took = Duration::from_millis(took_ms);
-    // The sample started about `took` before it was reported.
-    let started = seen.checked_sub(took).unwrap_or(seen);
-    let next = started + monitor::daemon::sampler::period_after(took);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let first = poll(t)?;
+    let last = loop {
+        thread::sleep(Duration::from_millis(200));
+        let p = poll(t)?;
+        if p.samples > first.samples && p.tracked >= min_tracked {
+            break p;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the daemon took no sample of {min_tracked}+ sources within 120 s"
+        );
+    };
+    // The sample started about `took` before it was counted.
+    let started = last.at.checked_sub(last.took).unwrap_or(last.at);
+    let next = started + monitor::daemon::sampler::period_after(last.took);
     let lead = Duration::from_millis(1500);
     eprintln!(
-        "bench:   full-table sample took {took_ms} ms; next one due in {:.1} s: flooding across it",
+        "bench:   full-table sample of {} sources took {} ms; next one due in {:.1} s: flooding across it",
+        last.tracked,
+        last.took.as_millis(),
         next.saturating_duration_since(Instant::now()).as_secs_f64()
     );
-    if let Some(wait) = (next - lead).checked_duration_since(Instant::now()) {
+    if let Some(wait) = next
+        .checked_sub(lead)
+        .and_then(|t0| t0.checked_duration_since(Instant::now()))
+    {
         thread::sleep(wait);
     }
-    // Long enough for the sample even if the flood slows it down; stopped early once seen.
-    let max_secs = (lead.as_secs_f64() + 10.0 * took.as_secs_f64() + 5.0).min(60.0);
+    // Long enough for the sample even if the flood slows it down; stopped once it is counted.
+    let max_secs = (lead.as_secs_f64() + 10.0 * last.took.as_secs_f64() + 5.0).min(60.0);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let h = {
         let stop = stop.clone();
@@ -140,23 +161,21 @@ fn across_a_sample(
         })
     };
     let window = WindowStart::now(d)?;
-    let mut polls: Vec<(Instant, u64, Option<String>, u64)> = Vec::new();
+    let mut polls: Vec<Poll> = Vec::new();
     let mut ended: Option<usize> = None;
     while !h.is_finished() {
-        let now = Instant::now();
-        let dropped = d.stat("dropped")?;
-        let (sampled_at, took_now, _) = d.last_sample()?;
-        polls.push((now, dropped, sampled_at.clone(), took_now));
-        if ended.is_none() && sampled_at.is_some() && sampled_at.as_deref() != Some(&at) {
+        let p = poll(t)?;
+        polls.push(p);
+        if ended.is_none() && p.samples > last.samples {
             ended = Some(polls.len() - 1);
         }
         // Keep flooding a second past the sample's end, for the "after" side.
         if let Some(k) = ended
-            && now.duration_since(polls[k].0) > Duration::from_secs(1)
+            && p.at.duration_since(polls[k].at) > Duration::from_secs(1)
         {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        thread::sleep(POLL.saturating_sub(now.elapsed()));
+        thread::sleep(POLL.saturating_sub(p.at.elapsed()));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent = h
@@ -165,27 +184,27 @@ fn across_a_sample(
     let daemon = window.finish(d)?;
     let k = ended.context("the daemon finished no sample during the flood")?;
     anyhow::ensure!(k >= 1, "the sample ended before the first poll");
-    let took_k = Duration::from_millis(polls[k].3);
-    // The sample ran at least over [seen_k - took_k, seen_{k-1}] and at most over
-    // [seen_{k-1} - took_k, seen_k].
+    let took = polls[k].took;
+    // The sample ran at least over [seen_k - took, seen_{k-1}] and at most over
+    // [seen_{k-1} - took, seen_k].
     let inner = (
-        polls[k].0.checked_sub(took_k).unwrap_or(polls[0].0),
-        polls[k - 1].0,
+        polls[k].at.checked_sub(took).unwrap_or(polls[0].at),
+        polls[k - 1].at,
     );
     let outer = (
-        polls[k - 1].0.checked_sub(took_k).unwrap_or(polls[0].0),
-        polls[k].0,
+        polls[k - 1].at.checked_sub(took).unwrap_or(polls[0].at),
+        polls[k].at,
     );
     let margin = Duration::from_millis(300);
     let (mut during, mut during_s, mut outside, mut outside_s) = (0u64, 0.0, 0u64, 0.0);
     for w in polls.windows(2) {
         let (a, b) = (&w[0], &w[1]);
-        let secs = b.0.duration_since(a.0).as_secs_f64();
-        let n = b.1.saturating_sub(a.1);
-        if a.0 >= inner.0 && b.0 <= inner.1 {
+        let secs = b.at.duration_since(a.at).as_secs_f64();
+        let n = b.dropped.saturating_sub(a.dropped);
+        if a.at >= inner.0 && b.at <= inner.1 {
             during += n;
             during_s += secs;
-        } else if b.0 + margin <= outer.0 || a.0 >= outer.1 + margin {
+        } else if b.at + margin <= outer.0 || a.at >= outer.1 + margin {
             outside += n;
             outside_s += secs;
         }
@@ -193,11 +212,11 @@ fn across_a_sample(
     anyhow::ensure!(
         during_s > 0.0 && outside_s > 0.0,
         "the polls did not separate the sample from the rest of the flood (sample {} ms)",
-        took_k.as_millis()
+        took.as_millis()
     );
     let r = SampleWindow {
-        tracked: d.last_sample()?.2,
-        took_ms: polls[k].3,
+        tracked: polls[k].tracked,
+        took_ms: took.as_millis() as u64,
         during_secs: during_s,
         during_pps: during as f64 / during_s,
         outside_secs: outside_s,
@@ -225,7 +244,8 @@ pub fn run(
     flood_secs: f64,
     warm_passes: usize,
 ) -> anyhow::Result<ControlResult> {
-    let daemon = Daemon::start(t, &Rule::STRICT, "control")?;
+    // Metrics on: the sample measurement reads the daemon's sample count from them.
+    let daemon = Daemon::start_with(t, &Rule::STRICT, "control", &["--metrics", METRICS])?;
     let gen_prog: std::os::fd::OwnedFd = {
         use std::os::fd::AsFd as _;
         bench

@@ -535,15 +535,18 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
              binary, `monitor run --iface <api veth> --xdp-mode native --port 8443 --proto both --rate \
              1/m --burst 1 --agg-rate 0 --count packets --max-sources {}` with every other flag at its \
              default, started fresh for each cell, in the same alternation as the bare object. The \
-             daemon is pinned to the receive core (CPU {}, `taskset`) as an ordinary process: on an API \
-             host the daemon shares its cores with the packet processing it protects, and the receive \
-             core is the one the flood loads. The NAPI thread keeps its SCHED_FIFO priority there, as \
-             softirq work would have over a process. Its drops are read through `monitor --json stats`; \
+             daemon is pinned to the receive core (CPU {}, `taskset`) with SCHED_FIFO priority {} \
+             (`chrt`), one above the NAPI thread's: on an API host the daemon shares its cores with the \
+             packet processing it protects, and this placement gives it every cycle it asks for at the \
+             data plane's expense, so its CPU figure is its whole demand and the deployed drop rate \
+             bears its whole cost (the pessimistic case; as an ordinary process beside the SCHED_FIFO \
+             NAPI thread it would get no CPU during a run and look free). Its drops are read through `monitor --json stats`; \
              the last column is its CPU (utime+stime from /proc/<pid>/stat over the measured run, as a \
              fraction of one core) and the lines it wrote to stdout/stderr per second. *monitor XDP \
              native* is the bare object with no daemon: the floor.\n",
             crate::daemon::CAPACITY,
-            crate::daemon::DAEMON_CPU
+            crate::daemon::DAEMON_CPU,
+            crate::daemon::DAEMON_PRIORITY
         );
         let _ = writeln!(
             o,
