@@ -275,7 +275,11 @@ pub fn step_coarse(ctx: XdpContext) -> u32 {
         return ABORT;
     };
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
-    if now != cfg.source.interval_ns { PASS } else { ABORT }
+    if now != cfg.source.interval_ns {
+        PASS
+    } else {
+        ABORT
+    }
 }
 
 /// Cut: the fine clock only when the coarse one cannot decide. Reading the bucket first, a

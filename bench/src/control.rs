@@ -117,24 +117,17 @@ fn across_a_sample(
             "the daemon took no sample of {min_tracked}+ sources within 120 s"
         );
     };
-    // The sample started about `took` before it was counted.
-    let started = last.at.checked_sub(last.took).unwrap_or(last.at);
-    let next = started + monitor::daemon::sampler::period_after(last.took);
-    let lead = Duration::from_millis(1500);
+    // The daemon paces its samples to a share of a core, so the next one is due about
+    // `period_after(took)` after this one started. Flood from now until it has been counted
+    // (and a second more), rather than trusting the prediction to the second.
+    let period = monitor::daemon::sampler::period_after(last.took);
     eprintln!(
-        "bench:   full-table sample of {} sources took {} ms; next one due in {:.1} s: flooding across it",
+        "bench:   full-table sample of {} sources took {} ms; flooding at full rate until the next one (due in about {:.0} s) is done",
         last.tracked,
         last.took.as_millis(),
-        next.saturating_duration_since(Instant::now()).as_secs_f64()
+        period.saturating_sub(last.took).as_secs_f64()
     );
-    if let Some(wait) = next
-        .checked_sub(lead)
-        .and_then(|t0| t0.checked_duration_since(Instant::now()))
-    {
-        thread::sleep(wait);
-    }
-    // Long enough for the sample even if the flood slows it down; stopped once it is counted.
-    let max_secs = (lead.as_secs_f64() + 10.0 * last.took.as_secs_f64() + 5.0).min(60.0);
+    let max_secs = (period.as_secs_f64() + 10.0 * last.took.as_secs_f64() + 5.0).min(90.0);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let h = {
         let stop = stop.clone();
@@ -161,22 +154,34 @@ fn across_a_sample(
         })
     };
     let window = WindowStart::now(d)?;
-    let mut polls: Vec<Poll> = Vec::new();
-    let mut ended: Option<usize> = None;
-    while !h.is_finished() {
-        let p = poll(t)?;
-        polls.push(p);
-        if ended.is_none() && p.samples > last.samples {
-            ended = Some(polls.len() - 1);
-        }
-        // Keep flooding a second past the sample's end, for the "after" side.
-        if let Some(k) = ended
-            && p.at.duration_since(polls[k].at) > Duration::from_secs(1)
-        {
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        thread::sleep(POLL.saturating_sub(p.at.elapsed()));
-    }
+    // The poller runs real-time above the generator on the generator's core: an ordinary
+    // thread would get no CPU there while the generator floods.
+    let polls: Vec<Poll> = thread::scope(|s| {
+        s.spawn(|| -> anyhow::Result<Vec<Poll>> {
+            crate::sys::pin_thread(GEN_CPU)?;
+            crate::sys::realtime_thread_at(crate::sys::RT_PRIORITY + 2)?;
+            let mut polls: Vec<Poll> = Vec::new();
+            let mut ended: Option<usize> = None;
+            while !h.is_finished() {
+                let p = poll(t)?;
+                polls.push(p);
+                if ended.is_none() && p.samples > last.samples {
+                    ended = Some(polls.len() - 1);
+                }
+                // Keep flooding a second past the sample's end, for the "after" side.
+                if let Some(k) = ended
+                    && p.at.duration_since(polls[k].at) > Duration::from_secs(1)
+                {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                thread::sleep(POLL.saturating_sub(p.at.elapsed()));
+            }
+            Ok(polls)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("poller thread panicked"))?
+    })?;
+    let ended = polls.iter().position(|p| p.samples > last.samples);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent = h
         .join()

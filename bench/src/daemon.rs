@@ -31,14 +31,20 @@ pub const CAPACITY: u32 = crate::filters::OUR_CAPACITY;
 /// The daemon's real-time priority: above the generator's and the NAPI thread's.
 pub const DAEMON_PRIORITY: i32 = sys::RT_PRIORITY + 1;
 
-static BINARY: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+static BINARY: OnceLock<(PathBuf, PathBuf, i32)> = OnceLock::new();
 
-/// Where the `monitor` binary is and where the daemons' files go (set once, from `main`).
-pub fn configure(bin: PathBuf, work: PathBuf) {
-    let _ = BINARY.set((bin, work));
+/// Where the `monitor` binary is, where the daemons' files go, and the daemon's SCHED_FIFO
+/// priority (0: an ordinary process) (set once, from `main`).
+pub fn configure(bin: PathBuf, work: PathBuf, priority: i32) {
+    let _ = BINARY.set((bin, work, priority));
 }
 
-fn configured() -> anyhow::Result<&'static (PathBuf, PathBuf)> {
+/// The deployed daemon's configured SCHED_FIFO priority (0: an ordinary process).
+pub fn priority() -> i32 {
+    BINARY.get().map(|c| c.2).unwrap_or(DAEMON_PRIORITY)
+}
+
+fn configured() -> anyhow::Result<&'static (PathBuf, PathBuf, i32)> {
     BINARY
         .get()
         .context("the daemon's binary was not configured (bench main sets it)")
@@ -86,7 +92,7 @@ impl Daemon {
         tag: &str,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
-        let (bin, work) = configured()?;
+        let (bin, work, priority) = configured()?;
         let dir = work.join(tag);
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("monitor.sock");
@@ -105,9 +111,15 @@ impl Daemon {
         let log_file = std::fs::File::create(&log)?;
         let cap = CAPACITY.to_string();
         let cpu = DAEMON_CPU.to_string();
-        let prio = DAEMON_PRIORITY.to_string();
+        let prio = priority.to_string();
+        let sched = if *priority > 0 {
+            ["-f", prio.as_str()]
+        } else {
+            ["-o", "0"]
+        };
         let spawned = Command::new("chrt")
-            .args(["-f", &prio, "taskset", "-c", &cpu])
+            .args(sched)
+            .args(["taskset", "-c", &cpu])
             .args(["ip", "netns", "exec", &t.api.name])
             .arg(bin)
             .args(["run", "--iface", &t.api_if, "--xdp-mode", "native"])

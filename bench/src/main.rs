@@ -46,6 +46,10 @@ struct Args {
     /// to this one].
     #[arg(long)]
     monitor: Option<PathBuf>,
+    /// SCHED_FIFO priority of the deployed daemon on the receive core; 0 runs it as an
+    /// ordinary process (it then gets no CPU while the SCHED_FIFO receive thread is saturated).
+    #[arg(long, default_value_t = daemon::DAEMON_PRIORITY)]
+    daemon_priority: i32,
     /// Run only these parts (cost, steps, throughput, accuracy, control, churn); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -111,7 +115,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("monitor"),
     };
-    daemon::configure(monitor_bin, args.out_dir.join("daemon"));
+    daemon::configure(
+        monitor_bin,
+        args.out_dir.join("daemon"),
+        args.daemon_priority,
+    );
     let mut bench = progs::Bench::load()?;
     if wants(args, "steps") {
         eprintln!("bench: part 1b: cost of each step of the path (BPF_PROG_TEST_RUN repeat)");

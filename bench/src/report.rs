@@ -535,18 +535,22 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
              binary, `monitor run --iface <api veth> --xdp-mode native --port 8443 --proto both --rate \
              1/m --burst 1 --agg-rate 0 --count packets --max-sources {}` with every other flag at its \
              default, started fresh for each cell, in the same alternation as the bare object. The \
-             daemon is pinned to the receive core (CPU {}, `taskset`) with SCHED_FIFO priority {} \
-             (`chrt`), one above the NAPI thread's: on an API host the daemon shares its cores with the \
-             packet processing it protects, and this placement gives it every cycle it asks for at the \
-             data plane's expense, so its CPU figure is its whole demand and the deployed drop rate \
-             bears its whole cost (the pessimistic case; as an ordinary process beside the SCHED_FIFO \
-             NAPI thread it would get no CPU during a run and look free). Its drops are read through `monitor --json stats`; \
+             daemon is pinned to the receive core (CPU {}, `taskset`) {}. On an API host the daemon \
+             shares its cores with the packet processing it protects; with SCHED_FIFO one above the \
+             NAPI thread (the default, `--daemon-priority`) it gets every cycle it asks for at the data \
+             plane's expense, so its CPU figure is its whole demand and the deployed drop rate bears \
+             its whole cost (the pessimistic case; as an ordinary process beside the SCHED_FIFO NAPI \
+             thread it gets no CPU during a run, which is shorter than the kernel's 950 ms real-time \
+             budget, and looks free). Its drops are read through `monitor --json stats`; \
              the last column is its CPU (utime+stime from /proc/<pid>/stat over the measured run, as a \
              fraction of one core) and the lines it wrote to stdout/stderr per second. *monitor XDP \
              native* is the bare object with no daemon: the floor.\n",
             crate::daemon::CAPACITY,
             crate::daemon::DAEMON_CPU,
-            crate::daemon::DAEMON_PRIORITY
+            match crate::daemon::priority() {
+                0 => "as an ordinary process (SCHED_OTHER)".to_string(),
+                p => format!("with SCHED_FIFO priority {p} (`chrt`)"),
+            }
         );
         let _ = writeln!(
             o,

@@ -183,8 +183,7 @@ pub fn run(bench: &mut Bench, rounds: usize, repeat: u32) -> anyhow::Result<Step
                     .prog(prog)?
                     .test_run(opts)
                     .with_context(|| format!("BPF_PROG_TEST_RUN of {prog}"))?;
-                let verdict_step =
-                    matches!(
+                let verdict_step = matches!(
                     *prog,
                     "step_gcra" | "step_full" | "cut_key4" | "cut_all" | "cut_coarse"
                 );
