@@ -162,8 +162,18 @@ fn across_a_sample(
             crate::sys::realtime_thread_at(crate::sys::RT_PRIORITY + 2)?;
             let mut polls: Vec<Poll> = Vec::new();
             let mut ended: Option<usize> = None;
+            let mut failed = 0;
             while !h.is_finished() {
-                let p = poll(t)?;
+                // A poll the daemon is too busy to answer is skipped (the slices around it
+                // merge); many in a row end the measurement.
+                let p = match poll(t) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        failed += 1;
+                        anyhow::ensure!(failed < 20, "metrics polls keep failing: {e:#}");
+                        continue;
+                    }
+                };
                 polls.push(p);
                 if ended.is_none() && p.samples > last.samples {
                     ended = Some(polls.len() - 1);

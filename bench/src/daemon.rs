@@ -203,7 +203,7 @@ impl Daemon {
         let mut conn = crate::net::within(&t.api, || {
             Ok(std::net::TcpStream::connect(addr).context("connecting to the metrics endpoint")?)
         })?;
-        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        conn.set_read_timeout(Some(Duration::from_secs(2)))?;
         write!(conn, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
         let mut body = String::new();
         conn.read_to_string(&mut body)?;
