@@ -76,7 +76,8 @@ struct Poll {
     tracked: u64,
 }
 
-fn poll(t: &Topology) -> anyhow::Result<Poll> {
+fn poll(t: &Topology, d: &Daemon) -> anyhow::Result<Poll> {
+    let dropped = d.kernel_dropped()?;
     let m = Daemon::metrics(t, METRICS)?;
     let get = |name: &str| {
         m.iter()
@@ -88,7 +89,7 @@ fn poll(t: &Topology) -> anyhow::Result<Poll> {
         at: Instant::now(),
         samples: get("monitor_samples_total")? as u64,
         took: Duration::from_secs_f64(get("monitor_last_sample_duration_seconds")?),
-        dropped: get("monitor_kernel_packets_total{reason=\"dropped\"}")? as u64,
+        dropped,
         tracked: get("monitor_tracked_sources")? as u64,
     })
 }
@@ -105,11 +106,22 @@ fn across_a_sample(
     min_tracked: u64,
 ) -> anyhow::Result<SampleWindow> {
     let deadline = Instant::now() + Duration::from_secs(120);
-    let first = poll(t)?;
+    // A daemon busy with a backlog may not answer a poll in time: those are skipped.
+    let mut first: Option<Poll> = None;
     let last = loop {
         thread::sleep(Duration::from_millis(200));
-        let p = poll(t)?;
-        if p.samples > first.samples && p.tracked >= min_tracked {
+        let Ok(p) = poll(t, d) else {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the daemon's metrics did not answer within 120 s"
+            );
+            continue;
+        };
+        let Some(f) = first else {
+            first = Some(p);
+            continue;
+        };
+        if p.samples > f.samples && p.tracked >= min_tracked {
             break p;
         }
         anyhow::ensure!(
@@ -166,7 +178,7 @@ fn across_a_sample(
             while !h.is_finished() {
                 // A poll the daemon is too busy to answer is skipped (the slices around it
                 // merge); many in a row end the measurement.
-                let p = match poll(t) {
+                let p = match poll(t, d) {
                     Ok(p) => p,
                     Err(e) => {
                         failed += 1;
@@ -200,8 +212,8 @@ fn across_a_sample(
     let k = ended.context("the daemon finished no sample during the flood")?;
     anyhow::ensure!(k >= 1, "the sample ended before the first poll");
     let took = polls[k].took;
-    // The sample ran at least over [seen_k - took, seen_{k-1}] and at most over
-    // [seen_{k-1} - took, seen_k].
+    // The sample ran at most over [seen_{k-1} - took, seen_k], and covered
+    // [seen_k - took, seen_{k-1}] when that is not empty.
     let inner = (
         polls[k].at.checked_sub(took).unwrap_or(polls[0].at),
         polls[k - 1].at,
@@ -216,7 +228,9 @@ fn across_a_sample(
         let (a, b) = (&w[0], &w[1]);
         let secs = b.at.duration_since(a.at).as_secs_f64();
         let n = b.dropped.saturating_sub(a.dropped);
-        if a.at >= inner.0 && b.at <= inner.1 {
+        // Inside the sample: wholly within the window it must have run in, allowing one poll
+        // interval at the start (a daemon busy sampling may answer no poll until it is done).
+        if a.at + POLL >= outer.0 && b.at <= outer.1 && b.at > inner.0 {
             during += n;
             during_s += secs;
         } else if b.at + margin <= outer.0 || a.at >= outer.1 + margin {
@@ -224,11 +238,20 @@ fn across_a_sample(
             outside_s += secs;
         }
     }
-    anyhow::ensure!(
-        during_s > 0.0 && outside_s > 0.0,
-        "the polls did not separate the sample from the rest of the flood (sample {} ms)",
-        took.as_millis()
-    );
+    if during_s <= 0.0 || outside_s <= 0.0 {
+        let t0 = polls[0].at;
+        let around: Vec<String> = polls[k.saturating_sub(4)..(k + 3).min(polls.len())]
+            .iter()
+            .map(|p| format!("{:.2}", p.at.duration_since(t0).as_secs_f64()))
+            .collect();
+        anyhow::bail!(
+            "the polls did not separate the sample ({} ms) from the rest of the flood: {} polls, \
+             the sample was counted at poll {k}; polls around it at {} s",
+            took.as_millis(),
+            polls.len(),
+            around.join(", ")
+        );
+    }
     let r = SampleWindow {
         tracked: polls[k].tracked,
         took_ms: took.as_millis() as u64,

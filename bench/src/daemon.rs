@@ -179,6 +179,19 @@ impl Daemon {
         Ok(d)
     }
 
+    /// Packets the kernel program has dropped, read from the daemon's pinned statistics map
+    /// (the daemon's own counters are refreshed only once per table sample).
+    pub fn kernel_dropped(&self) -> anyhow::Result<u64> {
+        use monitor_common::{maps::MAP_STATS, stats::Stat};
+        let path = self.bpffs.join("monitor").join(MAP_STATS);
+        let data = aya::maps::MapData::from_pin(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let map = aya::maps::Map::PerCpuArray(data);
+        let a: aya::maps::PerCpuArray<&aya::maps::MapData, u64> =
+            aya::maps::PerCpuArray::try_from(&map)?;
+        Ok(a.get(&(Stat::Dropped as u32), 0)?.iter().sum())
+    }
+
     /// The daemon process (`chrt`, `taskset` and `ip netns exec` exec into it, keeping the pid).
     pub fn pid(&self) -> u32 {
         self.child.id()
