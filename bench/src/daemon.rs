@@ -214,7 +214,7 @@ impl Daemon {
     pub fn metrics(t: &Topology, addr: &str) -> anyhow::Result<Vec<(String, f64)>> {
         use std::io::Write as _;
         let mut conn = crate::net::within(&t.api, || {
-            Ok(std::net::TcpStream::connect(addr).context("connecting to the metrics endpoint")?)
+            std::net::TcpStream::connect(addr).context("connecting to the metrics endpoint")
         })?;
         conn.set_read_timeout(Some(Duration::from_secs(2)))?;
         write!(conn, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;

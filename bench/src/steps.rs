@@ -1,9 +1,9 @@
 //! Part 1b: what each step of the per-packet path costs. The bench object carries the
 //! product's own kernel modules and programs that stop after each step (`bench-ebpf`
-//! `steps.rs`): parse; + port and configuration lookups; + clock; + key and source lookup;
-//! + GCRA; the whole classifier. Each is timed with BPF_PROG_TEST_RUN on the same frame,
-//! alternated within every round; the difference between neighbours is that step's cost. The
-//! prototypes of the cuts are timed in the same rounds.
+//! `steps.rs`): parse, then the port and configuration lookups, the clock, the key and source
+//! lookup, the GCRA step, and the whole classifier. Each is timed with BPF_PROG_TEST_RUN on the
+//! same frame, alternated within every round; the difference between neighbours is that
+//! step's cost. The prototypes of the cuts are timed in the same rounds.
 
 use std::{collections::BTreeMap, net::IpAddr};
 

@@ -89,7 +89,7 @@ impl Mapped {
         );
         Ok(Self { ptr: p.cast(), len })
     }
-    fn words(&self) -> &mut [u64] {
+    fn words(&mut self) -> &mut [u64] {
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len / 8) }
     }
 }
@@ -110,6 +110,7 @@ pub fn clear_sa(bench: &Bench) -> anyhow::Result<()> {
 pub fn sa_usage(bench: &Bench) -> anyhow::Result<(u64, u64)> {
     let n = Mapped::new(bench)?
         .words()
+        .as_ref()
         .iter()
         .filter(|&&w| w != 0)
         .count() as u64;
