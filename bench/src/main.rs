@@ -33,7 +33,7 @@ use crate::{
 #[derive(Parser)]
 #[command(about = "Benchmarks the monitor against trivial programs, nftables and iptables")]
 struct Args {
-    /// Reduced run: one repetition, 1 and 1,000,000 sources only (under 3 minutes).
+    /// Reduced run: one repetition, 1 and 1,000,000 sources only (about 4 minutes).
     #[arg(long)]
     quick: bool,
     /// Where BENCHMARKS.md goes.
