@@ -116,7 +116,7 @@ pub mod programs {
     #[xdp]
     pub fn bench_floor4(ctx: XdpContext) -> u32 {
         match v4_source(&ctx) {
-            Some(src) if FLOOR_LRU4.get_ptr_mut(&src).is_some() => counted_drop(),
+            Some(src) if FLOOR_LRU4.get_ptr_mut(src).is_some() => counted_drop(),
             _ => xdp_action::XDP_PASS,
         }
     }
@@ -130,7 +130,7 @@ pub mod programs {
         key[10] = 0xff;
         key[11] = 0xff;
         key[12..16].copy_from_slice(&src);
-        if unsafe { FLOOR_HASH.get(&key) }.is_some() {
+        if unsafe { FLOOR_HASH.get(key) }.is_some() {
             counted_drop()
         } else {
             xdp_action::XDP_PASS
@@ -151,7 +151,7 @@ pub mod programs {
             let src = core::ptr::read_unaligned((data + ETH_LEN + 12) as *const [u8; 4]);
             key[12..16].copy_from_slice(&src);
         }
-        if FLOOR_LRU.get_ptr_mut(&key).is_none() {
+        if FLOOR_LRU.get_ptr_mut(key).is_none() {
             return xdp_action::XDP_PASS;
         }
         if let Some(n) = DROPS.get_ptr_mut(0) {

@@ -104,7 +104,7 @@ pub fn step_lookup(ctx: XdpContext) -> u32 {
     };
     let now = unsafe { bpf_ktime_get_ns() };
     let key = pkt.src.masked(&cfg.v4_source_mask);
-    match MON_SOURCES.get_ptr_mut(&key) {
+    match MON_SOURCES.get_ptr_mut(key) {
         Some(b) if unsafe { (*b).tat_ns } < now.wrapping_add(u64::MAX / 2) => PASS,
         _ => ABORT,
     }
@@ -122,7 +122,7 @@ pub fn step_gcra(ctx: XdpContext) -> u32 {
     };
     let now = unsafe { bpf_ktime_get_ns() };
     let key = pkt.src.masked(&cfg.v4_source_mask);
-    match MON_SOURCES.get_ptr_mut(&key) {
+    match MON_SOURCES.get_ptr_mut(key) {
         Some(b) => verdict(charge_bucket(b, &cfg.source, now)),
         None => ABORT,
     }
@@ -224,7 +224,7 @@ pub fn cut_key4(ctx: XdpContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let key = pkt.src.masked(&cfg.v4_source_mask);
     let k4 = u32::from_ne_bytes([key.addr[12], key.addr[13], key.addr[14], key.addr[15]]);
-    match CUT_SOURCES4.get_ptr_mut(&k4) {
+    match CUT_SOURCES4.get_ptr_mut(k4) {
         Some(b) => verdict(charge_bucket(b, &cfg.source, now)),
         None => ABORT,
     }
@@ -249,7 +249,7 @@ pub fn cut_all(ctx: XdpContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let key = pkt.src.masked(&live.config.v4_source_mask);
     let k4 = u32::from_ne_bytes([key.addr[12], key.addr[13], key.addr[14], key.addr[15]]);
-    let Some(b) = CUT_SOURCES4.get_ptr_mut(&k4) else {
+    let Some(b) = CUT_SOURCES4.get_ptr_mut(k4) else {
         return ABORT;
     };
     unsafe { (*stats)[Stat::Requests as usize] += 1 };
@@ -297,7 +297,7 @@ pub fn cut_coarse(ctx: XdpContext) -> u32 {
         return ABORT;
     };
     let key = pkt.src.masked(&cfg.v4_source_mask);
-    let Some(b) = MON_SOURCES.get_ptr_mut(&key) else {
+    let Some(b) = MON_SOURCES.get_ptr_mut(key) else {
         return ABORT;
     };
     let latest = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() } + COARSE_LAG_NS;
