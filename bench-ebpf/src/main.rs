@@ -4,11 +4,53 @@
 //! - `bench_gen`: a traffic generator for `BPF_PROG_TEST_RUN` in XDP live-frames mode. Each
 //!   frame gets the next source address of a configured range (checksums fixed up
 //!   incrementally) and is redirected out of a veth.
+//! - `steps`: the product's path cut after each step, for the cost breakdown, and prototypes of
+//!   the cuts (one statistics record, one configuration lookup with a port bitmap, a 4-byte key);
+//! - `table`: a set-associative source table prototype beside the LRU hash design.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
+
+// The product's kernel modules, compiled unchanged into this object so the step variants run
+// the product's own code (its maps here are this object's copies, sized by monitor-bench).
+// Keep this list in step with monitor-ebpf/src/main.rs.
+#[cfg(target_arch = "bpf")]
+#[path = "../../monitor-ebpf/src/atomic.rs"]
+#[allow(dead_code)]
+mod atomic;
+#[cfg(target_arch = "bpf")]
+#[path = "../../monitor-ebpf/src/classify.rs"]
+#[allow(dead_code)]
+mod classify;
+#[cfg(target_arch = "bpf")]
+#[path = "../../monitor-ebpf/src/frame.rs"]
+#[allow(dead_code)]
+mod frame;
+#[cfg(target_arch = "bpf")]
+#[path = "../../monitor-ebpf/src/limit.rs"]
+#[allow(dead_code)]
+mod limit;
+#[cfg(target_arch = "bpf")]
+#[path = "../../monitor-ebpf/src/maps.rs"]
+#[allow(dead_code)]
+mod maps;
+#[cfg(target_arch = "bpf")]
+#[path = "../../monitor-ebpf/src/parse.rs"]
+#[allow(dead_code)]
+mod parse;
+#[cfg(target_arch = "bpf")]
+#[path = "../../monitor-ebpf/src/policy.rs"]
+#[allow(dead_code)]
+mod policy;
 
 #[cfg(target_arch = "bpf")]
-mod programs {
+mod steps;
+#[cfg(target_arch = "bpf")]
+mod table;
+
+#[cfg(target_arch = "bpf")]
+pub mod programs {
     use aya_ebpf::{
         bindings::xdp_action,
         helpers::bpf_redirect,
@@ -40,7 +82,7 @@ mod programs {
     #[map]
     static GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
     #[map]
-    static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+    pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
     /// The floor under any per-source table of this shape: one LRU hash lookup with the
     /// monitor's 16-byte key (IPv4-mapped address), pre-filled by user space, then drop.
@@ -55,7 +97,7 @@ mod programs {
     static FLOOR_HASH: HashMap<[u8; 16], u64> = HashMap::with_max_entries(1 << 20, 0);
 
     #[inline(always)]
-    fn v4_source(ctx: &XdpContext) -> Option<[u8; 4]> {
+    pub fn v4_source(ctx: &XdpContext) -> Option<[u8; 4]> {
         let data = ctx.data();
         if data + ETH_LEN + 20 > ctx.data_end() {
             return None;
@@ -64,7 +106,7 @@ mod programs {
     }
 
     #[inline(always)]
-    fn counted_drop() -> u32 {
+    pub fn counted_drop() -> u32 {
         if let Some(n) = DROPS.get_ptr_mut(0) {
             unsafe { *n += 1 };
         }
@@ -74,7 +116,7 @@ mod programs {
     #[xdp]
     pub fn bench_floor4(ctx: XdpContext) -> u32 {
         match v4_source(&ctx) {
-            Some(src) if FLOOR_LRU4.get_ptr_mut(&src).is_some() => counted_drop(),
+            Some(src) if FLOOR_LRU4.get_ptr_mut(src).is_some() => counted_drop(),
             _ => xdp_action::XDP_PASS,
         }
     }
@@ -88,7 +130,7 @@ mod programs {
         key[10] = 0xff;
         key[11] = 0xff;
         key[12..16].copy_from_slice(&src);
-        if unsafe { FLOOR_HASH.get(&key) }.is_some() {
+        if unsafe { FLOOR_HASH.get(key) }.is_some() {
             counted_drop()
         } else {
             xdp_action::XDP_PASS
@@ -109,7 +151,7 @@ mod programs {
             let src = core::ptr::read_unaligned((data + ETH_LEN + 12) as *const [u8; 4]);
             key[12..16].copy_from_slice(&src);
         }
-        if FLOOR_LRU.get_ptr_mut(&key).is_none() {
+        if FLOOR_LRU.get_ptr_mut(key).is_none() {
             return xdp_action::XDP_PASS;
         }
         if let Some(n) = DROPS.get_ptr_mut(0) {

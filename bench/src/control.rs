@@ -1,28 +1,30 @@
-//! Part 5: the control plane. Runs the real daemon (`monitor run`) on the API-side veth, fills
-//! its table with a million tracked, over-limit sources, then floods them so that offender
-//! events keep flowing, while measuring the daemon's CPU time and timing `monitor top`.
+//! Part 5: the control plane. Runs the real daemon (`monitor run`, started and pinned as in
+//! `daemon`) on the API-side veth, fills its table with a million tracked, over-limit sources,
+//! then (a) floods them at the generator's full rate across one of the daemon's full-table
+//! samples, to see whether sampling costs the data plane packets, and (b) floods them at a
+//! paced rate while timing `monitor top` and measuring the daemon's CPU time.
 
 use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::{
-    filters::OUR_CAPACITY,
+    daemon::{Daemon, Window, WindowStart},
+    filters::Rule,
     net::Topology,
     progs::Bench,
     stats::{Summary, summarize},
-    sys,
     throughput::{GEN_CPU, RX_CPU, Runner, Traffic, set_gen},
     traffic_gen::{self as tg, Pace},
 };
 
 pub const SOURCES: u32 = 1_000_000;
+/// Time between two polls of the daemon's statistics during the sample measurement.
+const POLL: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ControlResult {
@@ -30,149 +32,258 @@ pub struct ControlResult {
     pub flood_pps: f64,
     pub flood_secs: f64,
     pub daemon_cpu_fraction: f64,
+    pub daemon_lines_per_sec: f64,
     pub events_per_sec: f64,
     pub top_ms_under_flood: Summary,
     pub top_ms_idle: Summary,
+    pub sample: Option<SampleWindow>,
 }
 
-struct Daemon {
-    child: Child,
-    /// A private bpffs mount for the daemon's pins: `ip netns exec` mounts a fresh /sys, which
-    /// hides /sys/fs/bpf from the daemon it starts.
-    bpffs: PathBuf,
+/// The drop rate at the generator's full rate while the daemon sampled its full table, and
+/// outside the sample in the same flood.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SampleWindow {
+    /// Sources in the sampled table, and how long the daemon said the sample took.
+    pub tracked: u64,
+    pub took_ms: u64,
+    /// Seconds of the flood inside the sample, and the drop rate (pps) there.
+    pub during_secs: f64,
+    pub during_pps: f64,
+    /// The same outside the sample (with a margin either side).
+    pub outside_secs: f64,
+    pub outside_pps: f64,
+    pub offered_pps: f64,
+    pub daemon: Window,
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = sys::sh(&["umount", &self.bpffs.to_string_lossy()]);
-        let _ = std::fs::remove_dir(&self.bpffs);
+impl SampleWindow {
+    pub fn ratio(&self) -> f64 {
+        self.during_pps / self.outside_pps
     }
 }
 
-fn cli(bin: &Path, socket: &Path, args: &[&str]) -> anyhow::Result<(f64, String)> {
-    let start = Instant::now();
-    let out = Command::new(bin)
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()?;
-    let ms = start.elapsed().as_secs_f64() * 1e3;
-    if !out.status.success() {
-        bail!(
-            "monitor {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+/// Where the control part's daemon serves metrics (inside the API namespace).
+const METRICS: &str = "127.0.0.1:9469";
+
+/// What one metrics poll says: samples taken, the last one's duration, packets dropped,
+/// sources tracked at the last sample.
+#[derive(Clone, Copy, Debug)]
+struct Poll {
+    at: Instant,
+    samples: u64,
+    took: Duration,
+    dropped: u64,
+    tracked: u64,
+}
+
+fn poll(t: &Topology, d: &Daemon) -> anyhow::Result<Poll> {
+    let dropped = d.kernel_dropped()?;
+    let m = Daemon::metrics(t, METRICS)?;
+    let get = |name: &str| {
+        m.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| *v)
+            .with_context(|| format!("the daemon's metrics have no {name}"))
+    };
+    Ok(Poll {
+        at: Instant::now(),
+        samples: get("monitor_samples_total")? as u64,
+        took: Duration::from_secs_f64(get("monitor_last_sample_duration_seconds")?),
+        dropped,
+        tracked: get("monitor_tracked_sources")? as u64,
+    })
+}
+
+/// Floods at full rate across the daemon's next full-table sample. The daemon paces its
+/// samples (`monitor::daemon::sampler::period_after`), so the next one starts about one
+/// period after the last one started; the flood starts a little before that and runs until
+/// the sample has been counted, polling the daemon's metrics every 100 ms meanwhile.
+fn across_a_sample(
+    d: &Daemon,
+    t: &Topology,
+    gen_prog: &std::os::fd::OwnedFd,
+    frame: &[u8],
+    min_tracked: u64,
+) -> anyhow::Result<SampleWindow> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // A daemon busy with a backlog may not answer a poll in time: those are skipped.
+    let mut first: Option<Poll> = None;
+    let last = loop {
+        thread::sleep(Duration::from_millis(200));
+        let Ok(p) = poll(t, d) else {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the daemon's metrics did not answer within 120 s"
+            );
+            continue;
+        };
+        let Some(f) = first else {
+            first = Some(p);
+            continue;
+        };
+        if p.samples > f.samples && p.tracked >= min_tracked {
+            break p;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the daemon took no sample of {min_tracked}+ sources within 120 s"
+        );
+    };
+    // The daemon paces its samples to a share of a core, so the next one is due about
+    // `period_after(took)` after this one started. Flood from now until it has been counted
+    // (and a second more), rather than trusting the prediction to the second.
+    let period = monitor::daemon::sampler::period_after(last.took);
+    eprintln!(
+        "bench:   full-table sample of {} sources took {} ms; flooding at full rate until the next one (due in about {:.0} s) is done",
+        last.tracked,
+        last.took.as_millis(),
+        period.saturating_sub(last.took).as_secs_f64()
+    );
+    let max_secs = (period.as_secs_f64() + 10.0 * last.took.as_secs_f64() + 5.0).min(90.0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let h = {
+        let stop = stop.clone();
+        let prog = gen_prog.try_clone()?;
+        let ns = t.gen_ns.file()?;
+        let frame = frame.to_vec();
+        thread::spawn(move || -> anyhow::Result<tg::Sent> {
+            use std::os::fd::{AsFd as _, AsRawFd as _};
+            crate::sys::pin_thread(GEN_CPU)?;
+            crate::sys::realtime_thread()?;
+            crate::net::setns(&ns)?;
+            let begin = Instant::now();
+            let mut frames = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && begin.elapsed().as_secs_f64() < max_secs
+            {
+                tg::live_run(prog.as_fd().as_raw_fd(), &frame, 1 << 18)?;
+                frames += 1 << 18;
+            }
+            Ok(tg::Sent {
+                frames,
+                secs: begin.elapsed().as_secs_f64(),
+            })
+        })
+    };
+    let window = WindowStart::now(d)?;
+    // The poller runs real-time above the generator on the generator's core: an ordinary
+    // thread would get no CPU there while the generator floods.
+    let polls: Vec<Poll> = thread::scope(|s| {
+        s.spawn(|| -> anyhow::Result<Vec<Poll>> {
+            crate::sys::pin_thread(GEN_CPU)?;
+            crate::sys::realtime_thread_at(crate::sys::RT_PRIORITY + 2)?;
+            let mut polls: Vec<Poll> = Vec::new();
+            let mut ended: Option<usize> = None;
+            let mut failed = 0;
+            while !h.is_finished() {
+                // A poll the daemon is too busy to answer is skipped (the slices around it
+                // merge); many in a row end the measurement.
+                let p = match poll(t, d) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        failed += 1;
+                        anyhow::ensure!(failed < 20, "metrics polls keep failing: {e:#}");
+                        continue;
+                    }
+                };
+                polls.push(p);
+                if ended.is_none() && p.samples > last.samples {
+                    ended = Some(polls.len() - 1);
+                }
+                // Keep flooding a second past the sample's end, for the "after" side.
+                if let Some(k) = ended
+                    && p.at.duration_since(polls[k].at) > Duration::from_secs(1)
+                {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                thread::sleep(POLL.saturating_sub(p.at.elapsed()));
+            }
+            Ok(polls)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("poller thread panicked"))?
+    })?;
+    let ended = polls.iter().position(|p| p.samples > last.samples);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = h
+        .join()
+        .map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
+    let daemon = window.finish(d)?;
+    let k = ended.context("the daemon finished no sample during the flood")?;
+    anyhow::ensure!(k >= 1, "the sample ended before the first poll");
+    let took = polls[k].took;
+    // The sample ran at most over [seen_{k-1} - took, seen_k], and covered
+    // [seen_k - took, seen_{k-1}] when that is not empty.
+    let inner = (
+        polls[k].at.checked_sub(took).unwrap_or(polls[0].at),
+        polls[k - 1].at,
+    );
+    let outer = (
+        polls[k - 1].at.checked_sub(took).unwrap_or(polls[0].at),
+        polls[k].at,
+    );
+    let margin = Duration::from_millis(300);
+    let (mut during, mut during_s, mut outside, mut outside_s) = (0u64, 0.0, 0u64, 0.0);
+    for w in polls.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        let secs = b.at.duration_since(a.at).as_secs_f64();
+        let n = b.dropped.saturating_sub(a.dropped);
+        // Inside the sample: wholly within the window it must have run in, allowing one poll
+        // interval at the start (a daemon busy sampling may answer no poll until it is done).
+        if a.at + POLL >= outer.0 && b.at <= outer.1 && b.at > inner.0 {
+            during += n;
+            during_s += secs;
+        } else if b.at + margin <= outer.0 || a.at >= outer.1 + margin {
+            outside += n;
+            outside_s += secs;
+        }
+    }
+    if during_s <= 0.0 || outside_s <= 0.0 {
+        let t0 = polls[0].at;
+        let around: Vec<String> = polls[k.saturating_sub(4)..(k + 3).min(polls.len())]
+            .iter()
+            .map(|p| format!("{:.2}", p.at.duration_since(t0).as_secs_f64()))
+            .collect();
+        anyhow::bail!(
+            "the polls did not separate the sample ({} ms) from the rest of the flood: {} polls, \
+             the sample was counted at poll {k}; polls around it at {} s",
+            took.as_millis(),
+            polls.len(),
+            around.join(", ")
         );
     }
-    Ok((ms, String::from_utf8_lossy(&out.stdout).into_owned()))
-}
-
-/// Finds a numeric field by name anywhere in a JSON document.
-fn find_u64(v: &serde_json::Value, key: &str) -> Option<u64> {
-    match v {
-        serde_json::Value::Object(m) => m
-            .get(key)
-            .and_then(|x| x.as_u64())
-            .or_else(|| m.values().find_map(|x| find_u64(x, key))),
-        serde_json::Value::Array(a) => a.iter().find_map(|x| find_u64(x, key)),
-        _ => None,
-    }
-}
-
-fn events_sent(bin: &Path, socket: &Path) -> Option<u64> {
-    let (_, out) = cli(bin, socket, &["--json", "stats"]).ok()?;
-    find_u64(&serde_json::from_str(&out).ok()?, "events_sent")
+    let r = SampleWindow {
+        tracked: polls[k].tracked,
+        took_ms: took.as_millis() as u64,
+        during_secs: during_s,
+        during_pps: during as f64 / during_s,
+        outside_secs: outside_s,
+        outside_pps: outside as f64 / outside_s,
+        offered_pps: sent.pps(),
+        daemon,
+    };
+    eprintln!(
+        "bench:   during the sample ({} ms, {} sources): dropped {:.3} Mpps over {:.1} s; outside it {:.3} Mpps over {:.1} s ({:.2}x); daemon {:.1}% of a core",
+        r.took_ms,
+        r.tracked,
+        r.during_pps / 1e6,
+        r.during_secs,
+        r.outside_pps / 1e6,
+        r.outside_secs,
+        r.ratio(),
+        r.daemon.cpu_fraction * 100.0
+    );
+    Ok(r)
 }
 
 pub fn run(
     t: &Topology,
     bench: &mut Bench,
-    bin: &Path,
-    work: &Path,
     flood_secs: f64,
     warm_passes: usize,
 ) -> anyhow::Result<ControlResult> {
-    std::fs::create_dir_all(work)?;
-    let socket = work.join("monitor.sock");
-    let _ = std::fs::remove_file(&socket);
-    let bpffs = PathBuf::from(format!("/run/mbench{}", std::process::id()));
-    std::fs::create_dir_all(&bpffs)?;
-    if let Err(e) = sys::sh(&["mount", "-t", "bpf", "bpf", &bpffs.to_string_lossy()]) {
-        let _ = std::fs::remove_dir(&bpffs);
-        return Err(e.context("mounting a private bpffs for the daemon's pins"));
-    }
-    let pin_dir = bpffs.join("monitor");
-    let log = std::fs::File::create(work.join("daemon.log"))?;
-    let cap = OUR_CAPACITY.to_string();
-    let child = match Command::new("ip")
-        .args(["netns", "exec", &t.api.name])
-        .arg(bin)
-        .args([
-            "run",
-            "--iface",
-            &t.api_if,
-            "--attach",
-            "xdp",
-            "--xdp-mode",
-            "native",
-            "--port",
-            "8443",
-            "--proto",
-            "both",
-        ])
-        .args([
-            "--rate",
-            "1/m",
-            "--burst",
-            "1",
-            "--count",
-            "packets",
-            "--action",
-            "drop",
-            "--max-sources",
-            &cap,
-        ])
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--pin-path")
-        .arg(&pin_dir)
-        .arg("--db")
-        .arg(work.join("offenders.db"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = sys::sh(&["umount", &bpffs.to_string_lossy()]);
-            let _ = std::fs::remove_dir(&bpffs);
-            return Err(anyhow::Error::from(e).context("starting `monitor run`"));
-        }
-    };
-    let daemon = Daemon { child, bpffs };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while cli(bin, &socket, &["status"]).is_err() {
-        if Instant::now() > deadline {
-            bail!(
-                "the daemon did not answer on {} within 30 s (see {})",
-                socket.display(),
-                work.join("daemon.log").display()
-            );
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
-    let pid = daemon.child.id();
-
+    // Metrics on: the sample measurement reads the daemon's sample count from them.
+    let daemon = Daemon::start_with(t, &Rule::STRICT, "control", &["--metrics", METRICS])?;
     let gen_prog: std::os::fd::OwnedFd = {
         use std::os::fd::AsFd as _;
         bench
@@ -194,11 +305,19 @@ pub fn run(
     let tracked = runner.warm_up(&frame, SOURCES)?;
     let gen_prog = runner.gen_prog;
 
+    let sample = match across_a_sample(&daemon, t, &gen_prog, &frame, tracked * 9 / 10) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("bench:   drop rate during a full-table sample not measured: {e:#}");
+            None
+        }
+    };
+
     // Flood: every source, over and over, at a rate the receive core absorbs with room to
     // spare, so the daemon competes only with what an attack really costs.
     let flood_pps = 1_000_000.0;
-    let ev0 = events_sent(bin, &socket);
-    let cpu0 = sys::process_cpu_secs(pid).context("daemon CPU time")?;
+    let ev0 = daemon.stat("events_sent").ok();
+    let window = WindowStart::now(&daemon)?;
     let start = Instant::now();
     let h = tg::spawn(
         &gen_prog,
@@ -215,34 +334,37 @@ pub fn run(
     // Let the flood settle before timing.
     thread::sleep(Duration::from_millis(500));
     while !h.is_finished() {
-        under.push(cli(bin, &socket, &["top", "--limit", "20"])?.0);
+        under.push(daemon.cli(&["top", "--limit", "20"])?.0);
         thread::sleep(Duration::from_millis(200));
     }
     let sent = h
         .join()
         .map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
     let wall = start.elapsed().as_secs_f64();
-    let cpu1 = sys::process_cpu_secs(pid).context("daemon CPU time")?;
-    let ev1 = events_sent(bin, &socket);
+    let used = window.finish(&daemon)?;
+    let ev1 = daemon.stat("events_sent").ok();
     let mut idle = Vec::new();
     for _ in 0..5 {
-        idle.push(cli(bin, &socket, &["top", "--limit", "20"])?.0);
+        idle.push(daemon.cli(&["top", "--limit", "20"])?.0);
     }
     let r = ControlResult {
         tracked_after_warmup: tracked,
         flood_pps: sent.pps(),
         flood_secs: wall,
-        daemon_cpu_fraction: (cpu1 - cpu0) / wall,
+        daemon_cpu_fraction: used.cpu_fraction,
+        daemon_lines_per_sec: used.lines_per_sec,
         events_per_sec: match (ev0, ev1) {
             (Some(a), Some(b)) => (b - a) as f64 / wall,
             _ => f64::NAN,
         },
         top_ms_under_flood: summarize(&under),
         top_ms_idle: summarize(&idle),
+        sample,
     };
     eprintln!(
-        "bench: control plane: daemon {:.1}% of a core, {:.0} events/s, `monitor top` {:.0} ms under flood ({} runs), {:.0} ms idle",
+        "bench: control plane: daemon {:.1}% of a core, {:.0} lines/s, {:.0} events/s, `monitor top` {:.0} ms under flood ({} runs), {:.0} ms idle",
         r.daemon_cpu_fraction * 100.0,
+        r.daemon_lines_per_sec,
         r.events_per_sec,
         r.top_ms_under_flood.median,
         r.top_ms_under_flood.n,

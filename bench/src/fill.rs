@@ -12,8 +12,8 @@ use monitor_common::addr::AddrKey;
 
 pub fn map_fd(map: &Map) -> io::Result<i32> {
     match map {
-        Map::HashMap(m) | Map::LruHashMap(m) => Ok(m.fd().as_fd().as_raw_fd()),
-        _ => Err(io::Error::other("not a hash map")),
+        Map::HashMap(m) | Map::LruHashMap(m) | Map::Array(m) => Ok(m.fd().as_fd().as_raw_fd()),
+        _ => Err(io::Error::other("not a hash or array map")),
     }
 }
 

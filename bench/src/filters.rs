@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::{
     cost::PORT,
+    daemon::Daemon,
     net::{self, Topology},
     progs::Bench,
     sys::{sh, sh_stdin},
@@ -42,6 +43,12 @@ pub enum Filter {
     LookupFloorV4Key,
     /// Bench-only: `LookupFloor` in a plain preallocated hash (no LRU).
     LookupFloorHash,
+    /// The product as deployed: `monitor run` (see `daemon`), attached natively.
+    Deployed,
+    /// Bench-only prototype: the set-associative source table (`table`), GCRA, drop.
+    SaTable,
+    /// Bench-only: the product's LRU design behind the same minimal parse as `SaTable`.
+    LruGcra,
 }
 
 impl Filter {
@@ -59,13 +66,35 @@ impl Filter {
             Filter::TouchDrop => "trivial: read source + XDP_DROP",
             Filter::LookupFloorV4Key => "floor: 1 LRU lookup, 4-byte key",
             Filter::LookupFloorHash => "floor: 1 plain-hash lookup",
+            Filter::Deployed => "monitor run (deployed)",
+            Filter::SaTable => "prototype: set-associative table",
+            Filter::LruGcra => "prototype: LRU design, same parse",
         }
     }
     pub fn is_peer(self) -> bool {
         matches!(self, Filter::NftNetdev | Filter::NftInet | Filter::Iptables)
     }
+    /// Keeps per-source state that a warm-up fills.
+    pub fn tracks_sources(self) -> bool {
+        self.is_peer() || self.is_ours() || matches!(self, Filter::SaTable | Filter::LruGcra)
+    }
+    pub fn is_bench_prog(self) -> bool {
+        matches!(
+            self,
+            Filter::TrivialDrop
+                | Filter::LookupFloor
+                | Filter::TouchDrop
+                | Filter::LookupFloorV4Key
+                | Filter::LookupFloorHash
+                | Filter::SaTable
+                | Filter::LruGcra
+        )
+    }
     pub fn is_ours(self) -> bool {
-        matches!(self, Filter::XdpNative | Filter::XdpGeneric | Filter::Tc)
+        matches!(
+            self,
+            Filter::XdpNative | Filter::XdpGeneric | Filter::Tc | Filter::Deployed
+        )
     }
 }
 
@@ -101,6 +130,19 @@ impl Rule {
             None => format!("{}/min", self.per_min),
         }
     }
+    /// The same limit as `monitor run` flags.
+    pub fn daemon_flags(&self) -> Vec<String> {
+        let rate = match self.per_sec {
+            Some(r) => format!("{r}/s"),
+            None => format!("{}/m", self.per_min),
+        };
+        vec![
+            "--rate".into(),
+            rate,
+            "--burst".into(),
+            self.burst.to_string(),
+        ]
+    }
     fn limit(&self) -> Limit {
         match self.per_sec {
             Some(r) => Limit::new(r, NANOS_PER_SEC, self.burst),
@@ -113,6 +155,7 @@ impl Rule {
 pub struct Installed {
     pub filter: Filter,
     kernel: Option<Kernel>,
+    pub daemon: Option<Daemon>,
     trivial_link: Option<(&'static str, aya::programs::xdp::XdpLinkId)>,
     base_drops: u64,
 }
@@ -166,6 +209,7 @@ pub fn install(
     let mut inst = Installed {
         filter: f,
         kernel: None,
+        daemon: None,
         trivial_link: None,
         base_drops: 0,
     };
@@ -278,6 +322,25 @@ pub fn install(
                 }
             }
         }
+        Filter::Deployed => {
+            inst.daemon = Some(Daemon::start(t, rule, "deployed")?);
+        }
+        Filter::SaTable | Filter::LruGcra => {
+            inst.base_drops = bench.drops()?;
+            let lim = rule.limit();
+            crate::table::configure(bench, lim.interval_ns, lim.burst())?;
+            let prog = if f == Filter::SaTable {
+                crate::table::clear_sa(bench)?;
+                "bench_sa"
+            } else {
+                "bench_lrug"
+            };
+            let link = net::within(&t.api, || {
+                Ok(bench.prog(prog)?.attach(&t.api_if, XdpMode::Driver)?)
+            })
+            .context("attaching a table prototype")?;
+            inst.trivial_link = Some((prog, link));
+        }
         Filter::XdpNative | Filter::XdpGeneric | Filter::Tc => {
             let mut k = Kernel::load(&LoadOptions {
                 max_sources: OUR_CAPACITY,
@@ -318,11 +381,11 @@ impl Installed {
     /// and the trivial one count them in maps; the peers do not: see `throughput`).
     pub fn drops(&self, bench: &Bench) -> anyhow::Result<Option<u64>> {
         Ok(match self.filter {
-            Filter::TrivialDrop
-            | Filter::LookupFloor
-            | Filter::TouchDrop
-            | Filter::LookupFloorV4Key
-            | Filter::LookupFloorHash => Some(bench.drops()? - self.base_drops),
+            f if f.is_bench_prog() => Some(bench.drops()? - self.base_drops),
+            Filter::Deployed => match &self.daemon {
+                Some(d) => Some(d.stat(Stat::Dropped.label())?),
+                None => None,
+            },
             _ => match &self.kernel {
                 Some(k) => Some(k.stats()?.get(Stat::Dropped)),
                 None => None,
@@ -351,11 +414,7 @@ impl Installed {
         let table = format!("mb{}", std::process::id());
         match self.filter {
             Filter::NoFilter => {}
-            Filter::TrivialDrop
-            | Filter::LookupFloor
-            | Filter::TouchDrop
-            | Filter::LookupFloorV4Key
-            | Filter::LookupFloorHash => {
+            f if f.is_bench_prog() => {
                 if let Some((prog, link)) = self.trivial_link.take() {
                     bench.prog(prog)?.detach(link)?;
                 }
@@ -371,6 +430,8 @@ impl Installed {
                 t.api
                     .exec(&["ip6tables", "-t", "raw", "-F", "PREROUTING"])?;
             }
+            // Stopping the daemon (SIGTERM, no --persist) detaches its program.
+            Filter::Deployed => drop(self.daemon.take()),
             _ => {
                 // Dropping the object closes its links, which detaches the programs.
                 let k = self.kernel.take();

@@ -5,6 +5,7 @@
 mod accuracy;
 mod control;
 mod cost;
+mod daemon;
 mod fill;
 mod filters;
 mod frames;
@@ -12,7 +13,9 @@ mod net;
 mod progs;
 mod report;
 mod stats;
+mod steps;
 mod sys;
+mod table;
 mod throughput;
 mod traffic_gen;
 
@@ -30,7 +33,7 @@ use crate::{
 #[derive(Parser)]
 #[command(about = "Benchmarks the monitor against trivial programs, nftables and iptables")]
 struct Args {
-    /// Reduced run: one repetition, 1 and 1,000,000 sources only (under 3 minutes).
+    /// Reduced run: one repetition, 1 and 1,000,000 sources only (about 4 minutes).
     #[arg(long)]
     quick: bool,
     /// Where BENCHMARKS.md goes.
@@ -39,10 +42,15 @@ struct Args {
     /// Where summary.json and results.json go.
     #[arg(long, default_value = "target/bench")]
     out_dir: PathBuf,
-    /// The `monitor` binary for the control-plane part [default: next to this one].
+    /// The `monitor` binary (deployed configuration and control-plane part) [default: next
+    /// to this one].
     #[arg(long)]
     monitor: Option<PathBuf>,
-    /// Run only these parts (cost, throughput, accuracy, control); default all.
+    /// SCHED_FIFO priority of the deployed daemon on the receive core; 0 runs it as an
+    /// ordinary process (it then gets no CPU while the SCHED_FIFO receive thread is saturated).
+    #[arg(long, default_value_t = daemon::DAEMON_PRIORITY)]
+    daemon_priority: i32,
+    /// Run only these parts (cost, steps, throughput, accuracy, control, churn); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -59,13 +67,14 @@ fn wants(args: &Args, part: &str) -> bool {
     args.only.is_empty() || args.only.iter().any(|p| p == part)
 }
 
-const ALL_FILTERS: [Filter; 12] = [
+const ALL_FILTERS: [Filter; 13] = [
     Filter::NoFilter,
     Filter::TrivialDrop,
     Filter::NftNetdev,
     Filter::NftInet,
     Filter::Iptables,
     Filter::XdpNative,
+    Filter::Deployed,
     Filter::XdpGeneric,
     Filter::Tc,
     Filter::TouchDrop,
@@ -102,7 +111,32 @@ fn run(args: &Args) -> anyhow::Result<()> {
         all.cost = Some(cost::run(&sources, rounds, repeat)?);
     }
 
+    let monitor_bin = match &args.monitor {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("monitor"),
+    };
+    daemon::configure(
+        monitor_bin,
+        args.out_dir.join("daemon"),
+        args.daemon_priority,
+    );
     let mut bench = progs::Bench::load()?;
+    if wants(args, "steps") {
+        eprintln!("bench: part 1b: cost of each step of the path (BPF_PROG_TEST_RUN repeat)");
+        let (rounds, repeat) = if q { (3, 200_000) } else { (5, 500_000) };
+        all.steps = Some(steps::run(&mut bench, rounds, repeat)?);
+    }
+    if wants(args, "churn") {
+        eprintln!("bench: part 6: source-table eviction under a spoofed churn (injected clock)");
+        // 100,000 spoofed sources at 5 Mpps are each over the limit too; "any address" (0)
+        // makes every spoofed packet a new source.
+        let spoofed: &[u32] = if q { &[0] } else { &[100_000, 0] };
+        all.table = Some(table::churn(
+            &mut bench,
+            spoofed,
+            if q { 1.0 } else { 2.0 },
+        )?);
+    }
     let warm_passes = if q { 2 } else { 3 };
     if wants(args, "throughput") || wants(args, "control") {
         let t = net::Topology::new("t", 1)?;
@@ -155,7 +189,16 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 Filter::NftInet,
                 Filter::Iptables,
                 Filter::XdpNative,
+                Filter::Deployed,
             ];
+            // The source-table prototypes: only where their tables' state is defined (the
+            // warm-up sets it; their tables are not emptied between repetitions).
+            let prototypes = |reps| Plan {
+                traffic: Traffic::V4Udp,
+                filters: vec![Filter::SaTable, Filter::LruGcra],
+                regimes: one_and_warm.clone(),
+                reps,
+            };
             let plans = if q {
                 vec![
                     Plan {
@@ -164,6 +207,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
                         regimes,
                         reps: 1,
                     },
+                    prototypes(1),
                     Plan {
                         traffic: Traffic::V6Udp,
                         filters: vec![
@@ -171,6 +215,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
                             Filter::NftNetdev,
                             Filter::Iptables,
                             Filter::XdpNative,
+                            Filter::Deployed,
                         ],
                         regimes: vec![Regime {
                             sources: 1,
@@ -187,6 +232,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
                         regimes,
                         reps: 3,
                     },
+                    prototypes(3),
                     Plan {
                         traffic: Traffic::V6Udp,
                         filters: peers_and_ours.clone(),
@@ -225,19 +271,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             eprintln!(
                 "bench: part 5/5: control plane (`monitor run` with 1,000,000 tracked sources)"
             );
-            let bin = match &args.monitor {
-                Some(p) => p.clone(),
-                None => std::env::current_exe()?.with_file_name("monitor"),
-            };
-            let work = args.out_dir.join("control");
-            match control::run(
-                &t,
-                &mut bench,
-                &bin,
-                &work,
-                if q { 3.0 } else { 6.0 },
-                warm_passes,
-            ) {
+            match control::run(&t, &mut bench, if q { 3.0 } else { 6.0 }, warm_passes) {
                 Ok(c) => all.control = Some(c),
                 Err(e) => {
                     eprintln!("bench: control plane not measured: {e:#}");

@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray},
     programs::Xdp,
 };
@@ -23,22 +23,50 @@ pub struct GenCfg {
 }
 unsafe impl aya::Pod for GenCfg {}
 
+const PROGRAMS: [&str; 24] = [
+    "bench_pass",
+    "bench_drop",
+    "bench_gen",
+    "bench_floor",
+    "bench_touch",
+    "bench_floor4",
+    "bench_floorh",
+    "step_parse",
+    "step_config",
+    "step_clock",
+    "step_lookup",
+    "step_gcra",
+    "step_full",
+    "step_stats",
+    "cut_stats",
+    "cut_config",
+    "cut_key4",
+    "cut_all",
+    "step_coarse",
+    "cut_coarse",
+    "bench_sa",
+    "bench_lrug",
+    "churn_sa",
+    "churn_lru",
+];
+
 pub struct Bench {
     pub ebpf: Ebpf,
 }
 
 impl Bench {
     pub fn load() -> anyhow::Result<Self> {
-        let mut ebpf = Ebpf::load(BENCH_OBJECT).context("loading the bench eBPF object")?;
-        for name in [
-            "bench_pass",
-            "bench_drop",
-            "bench_gen",
-            "bench_floor",
-            "bench_touch",
-            "bench_floor4",
-            "bench_floorh",
-        ] {
+        // The product maps compiled into this object serve only the step variants, which
+        // run one frame at a time: keep them small.
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("MON_SOURCES", 4096)
+            .map_max_entries("MON_AGGS", 1024)
+            .map_max_entries("MON_BANS", 1024)
+            .map_max_entries("CUT_SOURCES4", 4096)
+            .map_max_entries("SA_TABLE", crate::table::SA_SETS)
+            .load(BENCH_OBJECT)
+            .context("loading the bench eBPF object")?;
+        for name in PROGRAMS {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
                 .with_context(|| format!("{name} missing"))?

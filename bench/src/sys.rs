@@ -59,8 +59,13 @@ pub fn pin_thread(cpu: usize) -> anyhow::Result<()> {
 /// background work on a shared machine cannot take its core during a measurement. The
 /// kernel's RT throttling still leaves 5% of each core to everyone else.
 pub fn realtime_thread() -> anyhow::Result<()> {
+    realtime_thread_at(RT_PRIORITY)
+}
+
+/// `realtime_thread` at a given SCHED_FIFO priority.
+pub fn realtime_thread_at(priority: i32) -> anyhow::Result<()> {
     let param = libc::sched_param {
-        sched_priority: RT_PRIORITY,
+        sched_priority: priority,
     };
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
         bail!(

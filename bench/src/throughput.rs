@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::{
     cost::PORT,
+    daemon,
     fill::{V4_BASE, V6_BASE, V6_PREFIX},
     filters::{self, Filter, Installed, Rule},
     frames::{self, L4},
@@ -82,6 +83,8 @@ pub struct Sample {
     pub passed: f64,
     pub dropped: f64,
     pub cpu: f64,
+    /// The deployed daemon's own cost over the run (only for `Filter::Deployed`).
+    pub daemon: Option<daemon::Window>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -90,6 +93,9 @@ pub struct Cell {
     pub passed: Summary,
     pub dropped: Summary,
     pub cpu: Summary,
+    /// The deployed daemon's CPU (fraction of one core) and log lines per second.
+    pub daemon_cpu: Option<Summary>,
+    pub daemon_lines_per_sec: Option<Summary>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -101,6 +107,8 @@ pub struct Memory {
     /// Kernel memory growth (slab + vmalloc) while each peer's table filled, and the entries
     /// it then held (first packets of sources, which pass).
     pub peers: BTreeMap<String, (u64, u64)>,
+    /// The table prototypes: memlock bytes and sources held after the warm-up.
+    pub prototypes: BTreeMap<String, (u64, u64)>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -247,7 +255,7 @@ impl Runner<'_> {
         let mut inst: Installed =
             filters::install(f, self.t, self.bench, &Rule::STRICT, regime.sources)?;
         let result = (|| {
-            if regime.warm && (f.is_peer() || f.is_ours()) {
+            if regime.warm && f.tracks_sources() {
                 self.t.pin_napi(&[RX_CPU])?;
                 let entries = self.warm_up(&frame, regime.sources)?;
                 eprintln!(
@@ -271,6 +279,19 @@ impl Runner<'_> {
                         mem.ours_memlock = memlock;
                         mem.ours_tracked = n as u64;
                         mem.ours_capacity = filters::OUR_CAPACITY as u64;
+                    } else if f == Filter::SaTable || f == Filter::LruGcra {
+                        let (n, memlock) = if f == Filter::SaTable {
+                            crate::table::sa_usage(self.bench)?
+                        } else {
+                            crate::table::lru_usage(self.bench)?
+                        };
+                        eprintln!(
+                            "bench:   {}: {n} sources tracked, {:.1} MiB ({:.1} B per tracked source)",
+                            f.label(),
+                            memlock as f64 / 1048576.0,
+                            memlock as f64 / n.max(1) as f64
+                        );
+                        mem.prototypes.insert(f.label().to_string(), (memlock, n));
                     }
                 }
             }
@@ -278,9 +299,17 @@ impl Runner<'_> {
             let tin = self.t.transport_in()?;
             let rx = rx_packets(self.t);
             let drops = inst.drops(self.bench)?;
+            let window = match &inst.daemon {
+                Some(d) => Some(daemon::WindowStart::now(d)?),
+                None => None,
+            };
             let cpu = CpuWindow::start(RX_CPU);
             let sent = self.blast(&frame, self.frames)?;
             let busy = cpu.busy();
+            let daemon = match (&window, &inst.daemon) {
+                (Some(w), Some(d)) => Some(w.finish(d)?),
+                _ => None,
+            };
             thread::sleep(Duration::from_millis(50));
             let passed = self.t.transport_in()? - tin;
             let dropped = match (drops, inst.drops(self.bench)?) {
@@ -292,6 +321,7 @@ impl Runner<'_> {
                 passed: passed as f64 / sent.secs,
                 dropped: dropped as f64 / sent.secs,
                 cpu: busy,
+                daemon,
             })
         })();
         inst.remove(self.t, self.bench)
@@ -369,7 +399,7 @@ pub fn run(
                             )
                         })?;
                     eprintln!(
-                        "bench: rep {} {:13} {:8} {:34} offered {:6.2} passed {:6.3} dropped {:6.3} Mpps  rx cpu {:3.0}%",
+                        "bench: rep {} {:13} {:8} {:34} offered {:6.2} passed {:6.3} dropped {:6.3} Mpps  rx cpu {:3.0}%{}",
                         rep + 1,
                         plan.traffic.label(),
                         regime.label(),
@@ -377,7 +407,14 @@ pub fn run(
                         s.offered / 1e6,
                         s.passed / 1e6,
                         s.dropped / 1e6,
-                        s.cpu * 100.0
+                        s.cpu * 100.0,
+                        s.daemon
+                            .map(|d| format!(
+                                "  daemon {:.1}% of a core, {:.0} lines/s",
+                                d.cpu_fraction * 100.0,
+                                d.lines_per_sec
+                            ))
+                            .unwrap_or_default()
                     );
                     samples
                         .entry((plan.traffic, regime, f))
@@ -390,6 +427,10 @@ pub fn run(
     out.reps = reps;
     for ((tr, regime, f), v) in samples {
         let pick = |g: fn(&Sample) -> f64| summarize(&v.iter().map(g).collect::<Vec<_>>());
+        let pick_daemon = |g: fn(&daemon::Window) -> f64| {
+            let d: Vec<f64> = v.iter().filter_map(|s| s.daemon.as_ref().map(g)).collect();
+            (!d.is_empty()).then(|| summarize(&d))
+        };
         out.cells
             .entry(tr.label().to_string())
             .or_default()
@@ -402,6 +443,8 @@ pub fn run(
                     passed: pick(|s| s.passed),
                     dropped: pick(|s| s.dropped),
                     cpu: pick(|s| s.cpu),
+                    daemon_cpu: pick_daemon(|d| d.cpu_fraction),
+                    daemon_lines_per_sec: pick_daemon(|d| d.lines_per_sec),
                 },
             );
     }

@@ -46,7 +46,7 @@ pub fn run(quick: bool, extra: &[String]) -> anyhow::Result<()> {
         cmd.arg("--quick");
     }
     let what = if quick {
-        "running the quick benchmark (under 3 minutes)"
+        "running the quick benchmark (about 4 minutes)"
     } else {
         "running the benchmark (about 10 minutes)"
     };

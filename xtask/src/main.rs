@@ -37,7 +37,7 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Set up, then benchmark against nftables and iptables; writes BENCHMARKS.md.
     Bench {
-        /// One repetition, 1 and 1,000,000 sources only (under 3 minutes).
+        /// One repetition, 1 and 1,000,000 sources only (about 4 minutes).
         #[arg(long)]
         quick: bool,
         /// Extra arguments for monitor-bench (e.g. `--only cost,throughput`).

@@ -1,0 +1,314 @@
+//! The cost breakdown (issue 12, part 1): the product's own path, cut after each step, so
+//! `monitor-bench --only steps` can time each prefix with BPF_PROG_TEST_RUN and report ns per
+//! step; and prototypes of the cuts, measured the same way.
+//!
+//! Every variant uses what it computed in its verdict (a miss returns XDP_ABORTED, which the
+//! bench rejects), so the compiler cannot drop a step.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_ktime_get_ns,
+    macros::{map, xdp},
+    maps::{Array, LruHashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use monitor_common::{
+    config::{Config, port_flags},
+    maps::Bucket,
+    stats::{STAT_COUNT, Stat},
+};
+
+use crate::{
+    classify::{Verdict, classify},
+    frame::XdpFrame,
+    limit::{Charge, charge_bucket},
+    maps::{MON_CONFIG, MON_PORTS, MON_SOURCES, count},
+    parse::{IPPROTO_TCP, Parsed, Transport, parse},
+};
+
+const ABORT: u32 = xdp_action::XDP_ABORTED;
+const PASS: u32 = xdp_action::XDP_PASS;
+const DROP: u32 = xdp_action::XDP_DROP;
+
+#[inline(always)]
+fn transport(ctx: &XdpContext) -> Option<Transport> {
+    match parse(&XdpFrame(ctx)) {
+        Ok(Parsed::Transport(t)) => Some(t),
+        _ => None,
+    }
+}
+
+/// The product's port and configuration lookups (two array lookups).
+#[inline(always)]
+fn monitored(pkt: &Transport) -> Option<&'static Config> {
+    let want = if pkt.proto == IPPROTO_TCP {
+        port_flags::TCP
+    } else {
+        port_flags::UDP
+    };
+    match MON_PORTS.get(pkt.dport as u32) {
+        Some(flags) if *flags & want != 0 => {}
+        _ => return None,
+    }
+    MON_CONFIG.get(0)
+}
+
+#[inline(always)]
+fn verdict(c: Charge) -> u32 {
+    match c {
+        Charge::Admitted => PASS,
+        Charge::Refused => DROP,
+    }
+}
+
+/// Step 1: parse only (Ethernet, VLANs, IP, transport).
+#[xdp]
+pub fn step_parse(ctx: XdpContext) -> u32 {
+    match transport(&ctx) {
+        Some(p) if p.dport != 0 => PASS,
+        _ => ABORT,
+    }
+}
+
+/// Step 2: + the port and configuration lookups.
+#[xdp]
+pub fn step_config(ctx: XdpContext) -> u32 {
+    match transport(&ctx).as_ref().and_then(monitored) {
+        Some(cfg) if cfg.source.interval_ns != 0 => PASS,
+        _ => ABORT,
+    }
+}
+
+/// Step 3: + the clock.
+#[xdp]
+pub fn step_clock(ctx: XdpContext) -> u32 {
+    let Some(cfg) = transport(&ctx).as_ref().and_then(monitored) else {
+        return ABORT;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now != cfg.source.interval_ns {
+        PASS
+    } else {
+        ABORT
+    }
+}
+
+/// Step 4: + masking the key and the source-table lookup (hash of the 16-byte key).
+#[xdp]
+pub fn step_lookup(ctx: XdpContext) -> u32 {
+    let Some(pkt) = transport(&ctx) else {
+        return ABORT;
+    };
+    let Some(cfg) = monitored(&pkt) else {
+        return ABORT;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = pkt.src.masked(&cfg.v4_source_mask);
+    match MON_SOURCES.get_ptr_mut(key) {
+        Some(b) if unsafe { (*b).tat_ns } < now.wrapping_add(u64::MAX / 2) => PASS,
+        _ => ABORT,
+    }
+}
+
+/// Step 5: + the GCRA step (CAS) and the bucket's counters: the verdict, without statistics,
+/// policy checks or the event check.
+#[xdp]
+pub fn step_gcra(ctx: XdpContext) -> u32 {
+    let Some(pkt) = transport(&ctx) else {
+        return ABORT;
+    };
+    let Some(cfg) = monitored(&pkt) else {
+        return ABORT;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = pkt.src.masked(&cfg.v4_source_mask);
+    match MON_SOURCES.get_ptr_mut(key) {
+        Some(b) => verdict(charge_bucket(b, &cfg.source, now)),
+        None => ABORT,
+    }
+}
+
+/// Step 6: the product's whole classifier (statistics, policy flags, event check included).
+#[xdp]
+pub fn step_full(ctx: XdpContext) -> u32 {
+    match classify(&XdpFrame(&ctx)) {
+        Verdict::Pass => PASS,
+        Verdict::Drop => DROP,
+    }
+}
+
+/// The statistics the product touches on a monitored, admitted request: four per-CPU map
+/// lookups, one per counter.
+#[xdp]
+pub fn step_stats(_ctx: XdpContext) -> u32 {
+    count(Stat::Seen);
+    count(Stat::Monitored);
+    count(Stat::Requests);
+    count(Stat::Passed);
+    PASS
+}
+
+// ---- Prototypes of the cuts -------------------------------------------------------------
+
+/// All statistics of one CPU in one value: fetched once per packet.
+#[map]
+static CUT_STATS: PerCpuArray<[u64; STAT_COUNT as usize]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Cut: the same four counters from one per-CPU record fetched once.
+#[xdp]
+pub fn cut_stats(_ctx: XdpContext) -> u32 {
+    let Some(s) = CUT_STATS.get_ptr_mut(0) else {
+        return ABORT;
+    };
+    unsafe {
+        (*s)[Stat::Seen as usize] += 1;
+        (*s)[Stat::Monitored as usize] += 1;
+        (*s)[Stat::Requests as usize] += 1;
+        (*s)[Stat::Passed as usize] += 1;
+    }
+    PASS
+}
+
+/// The live configuration and the monitored ports in one value: a bitmap per protocol (8 KiB
+/// each). The daemon would replace the whole value in one map update, so a packet sees either
+/// the old or the new one.
+#[repr(C)]
+pub struct Live {
+    pub config: Config,
+    pub tcp: [u64; 1024],
+    pub udp: [u64; 1024],
+}
+
+#[map]
+static CUT_LIVE: Array<Live> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn live_monitored(pkt: &Transport) -> Option<&'static Live> {
+    let live = CUT_LIVE.get(0)?;
+    let word = (pkt.dport >> 6) as usize;
+    let bit = 1u64 << (pkt.dport & 63);
+    let words = if pkt.proto == IPPROTO_TCP {
+        &live.tcp
+    } else {
+        &live.udp
+    };
+    if word < words.len() && words[word] & bit != 0 {
+        Some(live)
+    } else {
+        None
+    }
+}
+
+/// Cut: step 2 with one lookup (configuration + port bitmap) instead of two.
+#[xdp]
+pub fn cut_config(ctx: XdpContext) -> u32 {
+    match transport(&ctx).as_ref().and_then(live_monitored) {
+        Some(live) if live.config.source.interval_ns != 0 => PASS,
+        _ => ABORT,
+    }
+}
+
+/// The source table keyed by the bare IPv4 address, same bucket.
+#[map]
+static CUT_SOURCES4: LruHashMap<u32, Bucket> = LruHashMap::with_max_entries(1 << 20, 0);
+
+/// Cut: step 5 with a 4-byte IPv4 key (and the product's two config lookups).
+#[xdp]
+pub fn cut_key4(ctx: XdpContext) -> u32 {
+    let Some(pkt) = transport(&ctx) else {
+        return ABORT;
+    };
+    let Some(cfg) = monitored(&pkt) else {
+        return ABORT;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = pkt.src.masked(&cfg.v4_source_mask);
+    let k4 = u32::from_ne_bytes([key.addr[12], key.addr[13], key.addr[14], key.addr[15]]);
+    match CUT_SOURCES4.get_ptr_mut(k4) {
+        Some(b) => verdict(charge_bucket(b, &cfg.source, now)),
+        None => ABORT,
+    }
+}
+
+/// Cut, all together: parse, one configuration lookup with the port bitmap, the clock, the
+/// 4-byte key, the GCRA step, and the statistics from one record fetched once. What the
+/// product's drop/pass path would cost with every cut (no policy lists, bans or events).
+#[xdp]
+pub fn cut_all(ctx: XdpContext) -> u32 {
+    let Some(stats) = CUT_STATS.get_ptr_mut(0) else {
+        return ABORT;
+    };
+    unsafe { (*stats)[Stat::Seen as usize] += 1 };
+    let Some(pkt) = transport(&ctx) else {
+        return ABORT;
+    };
+    let Some(live) = live_monitored(&pkt) else {
+        return ABORT;
+    };
+    unsafe { (*stats)[Stat::Monitored as usize] += 1 };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = pkt.src.masked(&live.config.v4_source_mask);
+    let k4 = u32::from_ne_bytes([key.addr[12], key.addr[13], key.addr[14], key.addr[15]]);
+    let Some(b) = CUT_SOURCES4.get_ptr_mut(k4) else {
+        return ABORT;
+    };
+    unsafe { (*stats)[Stat::Requests as usize] += 1 };
+    let v = verdict(charge_bucket(b, &live.config.source, now));
+    let which = if v == PASS {
+        Stat::Passed
+    } else {
+        Stat::Dropped
+    };
+    unsafe { (*stats)[which as usize] += 1 };
+    v
+}
+
+/// How far the coarse clock may lag the fine one for `cut_coarse` to trust it (it moves once
+/// per tick: 4 ms at HZ=250); generous, because a lag beyond it could refuse a request the fine
+/// clock would admit.
+const COARSE_LAG_NS: u64 = 20_000_000;
+
+/// Step 3 with the coarse clock (bpf_ktime_get_coarse_ns) instead of the fine one.
+#[xdp]
+pub fn step_coarse(ctx: XdpContext) -> u32 {
+    let Some(cfg) = transport(&ctx).as_ref().and_then(monitored) else {
+        return ABORT;
+    };
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
+    if now != cfg.source.interval_ns {
+        PASS
+    } else {
+        ABORT
+    }
+}
+
+/// Cut: the fine clock only when the coarse one cannot decide. Reading the bucket first, a
+/// request that does not fit even at the latest time the coarse clock allows
+/// (`coarse + COARSE_LAG_NS`) is refused for certain, with the same verdict the fine clock
+/// would give; everything else reads the fine clock and runs the GCRA step as today. A source
+/// flooding over its limit is refused on the coarse clock except in the last
+/// `COARSE_LAG_NS` before each of its admissions.
+#[xdp]
+pub fn cut_coarse(ctx: XdpContext) -> u32 {
+    let Some(pkt) = transport(&ctx) else {
+        return ABORT;
+    };
+    let Some(cfg) = monitored(&pkt) else {
+        return ABORT;
+    };
+    let key = pkt.src.masked(&cfg.v4_source_mask);
+    let Some(b) = MON_SOURCES.get_ptr_mut(key) else {
+        return ABORT;
+    };
+    let latest = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() } + COARSE_LAG_NS;
+    let tat = crate::atomic::load(unsafe { &raw const (*b).tat_ns });
+    if tat > latest && tat - latest + cfg.source.interval_ns > cfg.source.tolerance_ns {
+        unsafe {
+            (*b).requests += 1;
+            (*b).refused += 1;
+        }
+        return DROP;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    verdict(charge_bucket(b, &cfg.source, now))
+}
