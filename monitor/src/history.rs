@@ -20,6 +20,17 @@ pub enum HistoryError {
     Sql(#[from] rusqlite::Error),
 }
 
+/// A fleet stream entry this daemon applied: who decided it, and why (fleet mode).
+#[derive(Clone, Debug)]
+pub struct FleetRecord {
+    pub source: String,
+    pub op: &'static str,
+    pub at_ms: i64,
+    pub until_ms: i64,
+    pub origin: String,
+    pub reason: String,
+}
+
 /// One observation of an offender, from a kernel event or from the sampler.
 #[derive(Clone, Debug)]
 pub struct Sighting {
@@ -67,7 +78,73 @@ impl History {
             CREATE INDEX IF NOT EXISTS offenders_last_seen ON offenders (last_seen_ms);",
         )
         .map_err(open_err)?;
+        // Fleet mode's tables, kept apart from the offender rows.
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS fleet_entries (
+                source TEXT NOT NULL,
+                op TEXT NOT NULL,
+                at_ms INTEGER NOT NULL,
+                until_ms INTEGER NOT NULL,
+                origin TEXT NOT NULL,
+                reason TEXT NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS fleet_entries_at ON fleet_entries (at_ms);
+            CREATE TABLE IF NOT EXISTS fleet_cursor (
+                id INTEGER PRIMARY KEY CHECK (id = 0),
+                stream_id TEXT NOT NULL
+            );",
+        )
+        .map_err(open_err)?;
         Ok(Self { conn })
+    }
+
+    /// Records an applied fleet entry with its origin host and reason. Rows older than a week
+    /// are dropped on the way, so the table stays small under a long attack.
+    pub fn record_fleet(&mut self, r: &FleetRecord) -> Result<(), HistoryError> {
+        self.conn.execute(
+            "INSERT INTO fleet_entries (source, op, at_ms, until_ms, origin, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![r.source, r.op, r.at_ms, r.until_ms, r.origin, r.reason],
+        )?;
+        self.conn.execute(
+            "DELETE FROM fleet_entries WHERE at_ms < ?1",
+            params![r.at_ms - 7 * 86_400_000],
+        )?;
+        Ok(())
+    }
+
+    /// Applied fleet entries for one source, newest first: (op, at ms, origin, reason).
+    pub fn fleet_entries(
+        &self,
+        source: &str,
+    ) -> Result<Vec<(String, i64, String, String)>, HistoryError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT op, at_ms, origin, reason FROM fleet_entries WHERE source = ?1
+             ORDER BY at_ms DESC",
+        )?;
+        let rows = stmt.query_map(params![source], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The last ban-stream ID this daemon applied.
+    pub fn fleet_cursor(&self) -> Result<Option<String>, HistoryError> {
+        Ok(self
+            .conn
+            .query_row("SELECT stream_id FROM fleet_cursor WHERE id = 0", [], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    pub fn set_fleet_cursor(&mut self, stream_id: &str) -> Result<(), HistoryError> {
+        self.conn.execute(
+            "INSERT INTO fleet_cursor (id, stream_id) VALUES (0, ?1)
+             ON CONFLICT (id) DO UPDATE SET stream_id = excluded.stream_id",
+            params![stream_id],
+        )?;
+        Ok(())
     }
 
     /// Records a batch in one transaction.
@@ -170,6 +247,44 @@ mod tests {
         assert_eq!(r.first_seen, "1970-01-01T00:00:01.000Z");
         assert_eq!(r.last_seen, "1970-01-01T00:00:03.000Z");
         assert!(h.offenders(3_001, 10).unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn fleet_cursor_and_entries_survive_reopen() {
+        let dir = std::env::temp_dir().join(format!("monitor-fleet-hist-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("h.db");
+        {
+            let mut h = History::open(&path).unwrap();
+            assert_eq!(h.fleet_cursor().unwrap(), None);
+            h.set_fleet_cursor("1-0").unwrap();
+            h.set_fleet_cursor("1700000000000-3").unwrap();
+            h.record_fleet(&FleetRecord {
+                source: "198.51.100.7/32".into(),
+                op: "ban",
+                at_ms: 1_700_000_000_000,
+                until_ms: 1_700_000_060_000,
+                origin: "api-2".into(),
+                reason: "fleet-rate".into(),
+            })
+            .unwrap();
+        }
+        let h = History::open(&path).unwrap();
+        assert_eq!(
+            h.fleet_cursor().unwrap().as_deref(),
+            Some("1700000000000-3")
+        );
+        let rows = h.fleet_entries("198.51.100.7/32").unwrap();
+        assert_eq!(
+            rows,
+            [(
+                "ban".to_string(),
+                1_700_000_000_000,
+                "api-2".to_string(),
+                "fleet-rate".to_string()
+            )]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

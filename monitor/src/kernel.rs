@@ -16,8 +16,9 @@ use monitor_common::{
     addr::AddrKey,
     config::Config,
     maps::{
-        ALL_MAPS, Ban, Bucket, ListEntry, MAP_AGGREGATES, MAP_ALLOW, MAP_BANS, MAP_CONFIG,
-        MAP_DENY, MAP_EVENTS, MAP_PORTS, MAP_SOURCES, MAP_STATS, PROG_TC, PROG_XDP,
+        ALL_MAPS, Ban, Bucket, FleetConfig, FleetCount, ListEntry, MAP_AGGREGATES, MAP_ALLOW,
+        MAP_BANS, MAP_CONFIG, MAP_DENY, MAP_EVENTS, MAP_FLEET_CONFIG, MAP_FLEET_HITTERS, MAP_PORTS,
+        MAP_SOURCES, MAP_STATS, PROG_TC, PROG_XDP,
     },
     stats::{STAT_COUNT, Stat},
 };
@@ -115,6 +116,18 @@ impl TableReader {
 
     pub fn bans(&self) -> Result<Vec<(AddrKey, Ban)>> {
         crate::batch::read_all(self.bans.as_raw_fd()).map_err(KernelError::Batch)
+    }
+}
+
+/// See [`Kernel::fleet_reader`].
+pub struct FleetReader {
+    fd: OwnedFd,
+}
+
+impl FleetReader {
+    /// Every fleet candidate (at most `MAX_FLEET_HITTERS`), read with batched lookups.
+    pub fn candidates(&self) -> Result<Vec<(AddrKey, FleetCount)>> {
+        crate::batch::read_all(self.fd.as_raw_fd()).map_err(KernelError::Batch)
     }
 }
 
@@ -315,6 +328,24 @@ impl Kernel {
             _ => return Err(KernelError::Missing(name)),
         };
         Ok(fd)
+    }
+
+    /// Switches fleet heavy-hitter marking on (or off, with the all-zero config).
+    pub fn set_fleet_config(&mut self, config: &FleetConfig) -> Result<()> {
+        let mut array: Array<&mut MapData, FleetConfig> = self.typed_mut(MAP_FLEET_CONFIG)?;
+        array
+            .set(0, config, 0)
+            .map_err(Self::map_err(MAP_FLEET_CONFIG))
+    }
+
+    /// A read-only handle on the fleet candidate map, usable without borrowing the `Kernel`.
+    pub fn fleet_reader(&self) -> Result<FleetReader> {
+        let fd = self.map_fd(MAP_FLEET_HITTERS)?;
+        // SAFETY: `fd` belongs to a map this `Kernel` owns and is open for this call.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) }
+            .try_clone_to_owned()
+            .map_err(KernelError::Batch)?;
+        Ok(FleetReader { fd })
     }
 
     /// Stores a ban the way the kernel does (authoritative entry; the bucket copy is refreshed

@@ -14,7 +14,16 @@ use crate::{
     cidr::Cidr,
     clock,
     config::{Action, CountMode},
-    daemon::{Shared, policy_changes, sampler, writer::BlockKind},
+    daemon::{
+        Shared,
+        fleet::{
+            FleetReply,
+            entry::{Entry, Op},
+            unix_ms,
+        },
+        policy_changes, sampler,
+        writer::BlockKind,
+    },
     kernel::List,
     timefmt,
     units::{Rate, format_duration, parse_duration},
@@ -28,7 +37,18 @@ pub async fn handle(shared: &Arc<Shared>, request: Request) -> Response {
     let result = match request {
         Request::Status => status(shared),
         Request::Stats => stats(shared),
-        Request::Top { limit, level } => top(shared, limit, level.as_deref()),
+        Request::Top {
+            limit,
+            level: _,
+            fleet: true,
+        } => fleet_top(shared, limit),
+        Request::Top { limit, level, .. } => top(shared, limit, level.as_deref()),
+        Request::Fleet => Ok(json(
+            shared
+                .fleet
+                .as_ref()
+                .map_or_else(FleetReply::disabled, |f| f.reply()),
+        )),
         Request::Offenders { since, limit } => offenders(shared, since.as_deref(), limit).await,
         Request::Block { cidr, duration } => block(shared, &cidr, duration.as_deref()),
         Request::Unblock { cidr } => unblock(shared, &cidr),
@@ -214,21 +234,63 @@ fn block(shared: &Shared, input: &str, duration: Option<&str>) -> Result<Value> 
     let c = cidr(input)?;
     let (until, when) = deadline(duration, Some(DEFAULT_BLOCK))?;
     let kind = shared.writer().block(&c, until)?;
+    let mut fleet_note = "";
+    if let Some(fleet) = &shared.fleet {
+        let left_ms = (until.saturating_sub(clock::kernel_now_ns()) / 1_000_000) as i64;
+        fleet.submit(Entry {
+            op: Op::Block,
+            src: c,
+            until_ms: unix_ms() + left_ms,
+            origin: fleet.settings.id.clone(),
+            reason: "manual".into(),
+        });
+        fleet_note = if fleet.connected() {
+            "; sent to the fleet"
+        } else {
+            "; the fleet's Redis is unreachable: applied here, sent to the fleet when it returns"
+        };
+    }
     done(match kind {
-        BlockKind::Ban => format!("blocked {c} {when} (ban)"),
+        BlockKind::Ban => format!("blocked {c} {when} (ban){fleet_note}"),
         BlockKind::TimedDeny => format!(
-            "blocked {c} {when} (expiring deny entry: the CIDR is not one source at the configured prefix)"
+            "blocked {c} {when} (expiring deny entry: the CIDR is not one source at the configured prefix){fleet_note}"
         ),
     })
 }
 
 fn unblock(shared: &Shared, input: &str) -> Result<Value> {
     let c = cidr(input)?;
-    if shared.writer().unblock(&c)? {
+    let lifted = shared.writer().unblock(&c)?;
+    if let Some(fleet) = &shared.fleet {
+        // Any host may unblock a fleet ban, whether or not it holds the ban yet.
+        fleet.submit(Entry {
+            op: Op::Unblock,
+            src: c,
+            until_ms: 0,
+            origin: fleet.settings.id.clone(),
+            reason: "manual".into(),
+        });
+        let here = if lifted { "here and " } else { "" };
+        return done(format!("unblocked {c} ({here}sent to the fleet)"));
+    }
+    if lifted {
         done(format!("unblocked {c}"))
     } else {
         bail!("{c} is not blocked (no ban and no expiring deny entry for exactly this CIDR)")
     }
+}
+
+fn fleet_top(shared: &Shared, limit: usize) -> Result<Value> {
+    let Some(fleet) = &shared.fleet else {
+        bail!("fleet mode is off: start the daemon with --fleet URL");
+    };
+    if limit == 0 || limit > sampler::MAX_ROWS {
+        bail!(
+            "invalid --limit {limit}: must be between 1 and {}",
+            sampler::MAX_ROWS
+        );
+    }
+    Ok(json(fleet.top(limit)))
 }
 
 fn list_add(shared: &Shared, name: ListName, input: &str, duration: Option<&str>) -> Result<Value> {

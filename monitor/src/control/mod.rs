@@ -44,7 +44,12 @@ pub enum Request {
     Top {
         limit: usize,
         level: Option<String>,
+        /// Fleet-wide rates of this host's published heavy hitters instead of local rates.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        fleet: bool,
     },
+    /// Fleet mode's link state.
+    Fleet,
     Offenders {
         since: Option<String>,
         limit: usize,
@@ -192,6 +197,7 @@ mod tests {
         let top = serde_json::to_value(Request::Top {
             limit: 20,
             level: None,
+            fleet: false,
         })
         .unwrap();
         assert_eq!(

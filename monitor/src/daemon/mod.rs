@@ -10,6 +10,7 @@
 
 pub mod attach;
 pub mod events;
+pub mod fleet;
 pub mod preflight;
 pub mod sampler;
 pub mod writer;
@@ -57,6 +58,8 @@ pub struct Shared {
     /// The command-line layer, kept so a reload merges the re-read file under the same flags.
     flags: Layer,
     socket_flag: Option<PathBuf>,
+    /// Fleet mode's link, when `--fleet` is given.
+    pub fleet: Option<Arc<fleet::Fleet>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -95,6 +98,26 @@ impl Shared {
                 warn!("{e}");
             }
             Err(e) => warn!("history writer failed: {e}"),
+        }
+    }
+
+    pub async fn record_fleet(&self, record: crate::history::FleetRecord) {
+        let history = self.history.clone();
+        let result =
+            tokio::task::spawn_blocking(move || lock(&history).record_fleet(&record)).await;
+        if let Ok(Err(e)) = result {
+            self.metrics.history_errors.inc();
+            warn!("{e}");
+        }
+    }
+
+    pub async fn save_fleet_cursor(&self, stream_id: String) {
+        let history = self.history.clone();
+        let result =
+            tokio::task::spawn_blocking(move || lock(&history).set_fleet_cursor(&stream_id)).await;
+        if let Ok(Err(e)) = result {
+            self.metrics.history_errors.inc();
+            warn!("{e}");
         }
     }
 
@@ -251,7 +274,7 @@ async fn serve(settings: Settings, flags: Layer, socket_flag: Option<PathBuf>) -
         None => None,
     };
     let started = start(&settings, adopting);
-    let (writer, attachments, ring, reader, logger) = match started {
+    let (mut writer, attachments, ring, reader, logger) = match started {
         Ok(parts) => parts,
         Err(e) => {
             if !adopting {
@@ -262,6 +285,19 @@ async fn serve(settings: Settings, flags: Layer, socket_flag: Option<PathBuf>) -
     };
     let listener = bind_socket(&settings.socket)?;
     let metrics = Arc::new(Metrics::new());
+    let fleet_parts = match &settings.fleet {
+        Some(fs) => {
+            let (fleet, ops) = fleet::Fleet::new(fs.clone(), metrics.clone())?;
+            let reader = writer.kernel().fleet_reader()?;
+            let cursor = history.fleet_cursor()?;
+            Some((fleet, ops, reader, cursor))
+        }
+        None => {
+            // Adopted maps may carry an earlier fleet run's marking: switch it off.
+            writer.set_fleet(&monitor_common::maps::FleetConfig::default())?;
+            None
+        }
+    };
     let shared = Arc::new(Shared {
         writer: Mutex::new(writer),
         snapshot: RwLock::new(Arc::new(Snapshot::default())),
@@ -274,6 +310,7 @@ async fn serve(settings: Settings, flags: Layer, socket_flag: Option<PathBuf>) -
         settings: Mutex::new(settings.clone()),
         flags,
         socket_flag,
+        fleet: fleet_parts.as_ref().map(|(f, ..)| f.clone()),
     });
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -286,6 +323,9 @@ async fn serve(settings: Settings, flags: Layer, socket_flag: Option<PathBuf>) -
     });
     tasks.spawn(sample_loop(Sampler::new(reader), shared.clone()));
     tasks.spawn(server::serve(listener, shared.clone()));
+    if let Some((fleet, ops, reader, cursor)) = fleet_parts {
+        fleet.spawn(&mut tasks, shared.clone(), reader, ops, cursor);
+    }
     if let Some(listener) = metrics_listener {
         info!(
             "serving metrics on http://{}/metrics",
