@@ -25,6 +25,8 @@ use crate::{cidr::Cidr, clock, config::FleetSettings, daemon::Shared, kernel::Fl
 const BATCH_KEYS: usize = 500;
 /// Rows kept for `monitor top --fleet`.
 const TOP_ROWS: usize = 100;
+/// How long (in intervals) a key stays in `top --fleet` after it was last published.
+const TOP_KEEP_INTERVALS: u32 = 10;
 
 /// One key to publish.
 #[derive(Clone, Debug, PartialEq)]
@@ -271,6 +273,7 @@ pub async fn run(
     let mut retry_at = Instant::now();
     let mut pending: VecDeque<Entry> = VecDeque::new();
     let mut read_error_logged = false;
+    let mut recent: HashMap<String, (FleetRate, Instant)> = HashMap::new();
     loop {
         let floor = floor(s.rate, s.interval, hosts);
         let agg_floor = s.agg_rate.map(|r| floor_agg(r, s.interval, hosts));
@@ -365,7 +368,15 @@ pub async fn run(
                 hosts = round.hosts.len().max(1);
                 fleet.metrics.fleet_hosts.set(hosts as i64);
                 *lock(&fleet.status.hosts) = round.hosts;
-                let mut rates = round.rates;
+                // Rows stay for a few intervals after their key was last published, so a
+                // banned scraper that paused is still listed.
+                let now = Instant::now();
+                for r in round.rates {
+                    recent.insert(r.key.clone(), (r, now));
+                }
+                recent
+                    .retain(|_, (_, at)| now.duration_since(*at) < s.interval * TOP_KEEP_INTERVALS);
+                let mut rates: Vec<FleetRate> = recent.values().map(|(r, _)| r.clone()).collect();
                 rates.sort_by(|a, b| b.fleet_rate.total_cmp(&a.fleet_rate));
                 rates.truncate(TOP_ROWS);
                 *lock(&fleet.status.top) = rates;
