@@ -723,6 +723,60 @@ mod tests {
     }
 
     #[test]
+    fn fleet_settings_resolve_from_flags_and_file() {
+        let s = Settings::resolve(&flags(|_| {}), None, None).unwrap();
+        assert_eq!(s.fleet, None, "no --fleet, no fleet mode");
+        let dir = std::env::temp_dir().join(format!("monitor-fleet-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.toml");
+        std::fs::write(
+            &path,
+            "fleet = \"redis://u:pw@r:6379\"\nfleet-rate = \"30/s\"\nfleet-interval = \"500ms\"\n",
+        )
+        .unwrap();
+        let f = Settings::resolve(
+            &flags(|l| l.fleet_id = Some("api-1".into())),
+            None,
+            Some(&path),
+        )
+        .unwrap()
+        .fleet
+        .unwrap();
+        assert_eq!(f.rate.to_string(), "30/s");
+        assert_eq!(f.interval, Duration::from_millis(500));
+        assert_eq!(
+            (f.id.as_str(), f.ban, f.burst),
+            ("api-1", DEFAULT_FLEET_BAN, 0)
+        );
+        let bad = |f: fn(&mut Layer)| {
+            Settings::resolve(&flags(f), None, None)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = bad(|l| l.fleet = Some("http://u:pw@r".into()));
+        assert!(e.contains("redis://") && !e.contains("pw"), "{e}");
+        assert!(
+            bad(|l| {
+                l.fleet = Some("redis://r".into());
+                l.fleet_interval = Some(Duration::from_millis(10));
+            })
+            .contains("--fleet-interval")
+        );
+        assert!(
+            bad(|l| {
+                l.fleet = Some("redis://r".into());
+                l.fleet_id = Some("two words".into());
+            })
+            .contains("--fleet-id")
+        );
+        assert_eq!(
+            redact_url("rediss://user:secret@h:1"),
+            "rediss://user:***@h:1"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn defaults_suit_a_lookup_api() {
         let s = Settings::resolve(&flags(|_| {}), None, None).unwrap();
         assert_eq!(s.policy.rate.to_string(), "20/s");
