@@ -58,7 +58,7 @@ pub fn note(key: &AddrKey, bucket: *const Bucket, now: u64) {
                 prev_interval: 0,
                 prev_count: 0,
             };
-            let _ = MON_FLEET_HH.insert(key, &fresh, 0);
+            let _ = MON_FLEET_HH.insert(key, fresh, 0);
         }
     }
 }
