@@ -5,7 +5,7 @@ use anyhow::{Context as _, Result};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::control::{Done, ListRow, OffenderRow, Request, StatusReply, TopReply};
+use crate::proto::{Done, ListRow, OffenderRow, Request, StatusReply, TopReply};
 
 fn parse<T: DeserializeOwned>(value: Value) -> Result<T> {
     serde_json::from_value(value).context("unexpected reply from the daemon (version mismatch?)")
@@ -43,7 +43,7 @@ fn print_json(value: &Value) -> Result<()> {
 pub fn print(request: &Request, value: Value, json: bool) -> Result<()> {
     match request {
         Request::Top { fleet: true, .. } => {
-            let rows: Vec<crate::daemon::fleet::FleetRate> = parse(value.clone())?;
+            let rows: Vec<crate::proto::FleetRate> = parse(value.clone())?;
             if json {
                 return print_json(&value);
             }
@@ -63,7 +63,7 @@ pub fn print(request: &Request, value: Value, json: bool) -> Result<()> {
             );
         }
         Request::Fleet => {
-            let r: crate::daemon::fleet::FleetReply = parse(value.clone())?;
+            let r: crate::proto::FleetReply = parse(value.clone())?;
             if json {
                 return print_json(&value);
             }

@@ -31,13 +31,13 @@ use std::{
 
 use log::{info, warn};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::{
     config::{FleetSettings, redact_url},
     kernel::FleetReader,
     metrics::Metrics,
+    proto::{FleetRate, FleetReply},
     timefmt,
 };
 use entry::Entry;
@@ -51,16 +51,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Backoff between reconnection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// One row of `monitor top --fleet`: a key this host published, with the fleet's estimate.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct FleetRate {
-    pub key: String,
-    /// Requests per second the whole fleet saw from this key (the script's sliding estimate).
-    pub fleet_rate: f64,
-    /// Requests this host counted in its last interval.
-    pub local_count: u64,
-}
 
 /// The fleet link's state, for `monitor fleet`, `top --fleet` and the metrics.
 pub struct Status {
@@ -81,23 +71,6 @@ pub struct Fleet {
     metrics: Arc<Metrics>,
     ops: mpsc::UnboundedSender<Entry>,
     client: redis::Client,
-}
-
-/// `monitor fleet`'s reply.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct FleetReply {
-    pub enabled: bool,
-    pub connected: bool,
-    pub id: Option<String>,
-    pub hosts: Vec<String>,
-    pub last_sync: Option<String>,
-    pub lag_ms: Option<u64>,
-    pub bans_applied: u64,
-    pub keys_published: u64,
-    pub keys_suppressed: u64,
-    pub malformed_entries: u64,
-    pub pending_entries: u64,
-    pub redis: Option<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
