@@ -8,6 +8,7 @@ mod cost;
 mod daemon;
 mod fill;
 mod filters;
+mod fleet;
 mod frames;
 mod net;
 mod progs;
@@ -51,6 +52,7 @@ struct Args {
     #[arg(long, default_value_t = daemon::DAEMON_PRIORITY)]
     daemon_priority: i32,
     /// Run only these parts (cost, steps, throughput, accuracy, control, churn); default all.
+    /// Run only these parts (cost, throughput, accuracy, control, fleet); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -295,6 +297,23 @@ fn run(args: &Args) -> anyhow::Result<()> {
             if q { 1.0 } else { 2.0 },
             if q { 1 } else { 2 },
         )?);
+    }
+
+    if wants(args, "fleet") {
+        eprintln!("bench: fleet: daemons in namespaces sharing one redis-server");
+        let bin = match &args.monitor {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?.with_file_name("monitor"),
+        };
+        let sizes: &[usize] = if args.quick { &[3] } else { &[3, 10] };
+        let soak = std::time::Duration::from_secs(if args.quick { 10 } else { 20 });
+        match fleet::run(&bin, sizes, soak) {
+            Ok(f) => all.fleet = Some(f),
+            Err(e) => {
+                eprintln!("bench: fleet not measured: {e:#}");
+                all.fleet_error = Some(format!("{e:#}"));
+            }
+        }
     }
 
     all.machine.load_after = report::load();

@@ -20,6 +20,8 @@ pub struct All {
     pub control_error: Option<String>,
     pub steps: Option<crate::steps::StepsResult>,
     pub table: Option<crate::table::TableResult>,
+    pub fleet: Option<crate::fleet::FleetResult>,
+    pub fleet_error: Option<String>,
     pub seconds: f64,
 }
 
@@ -264,7 +266,55 @@ pub fn summary(all: &All) -> serde_json::Value {
         "generator_alone_mpps",
         tp.map(|t| t.generator_alone_pps.median / 1e6),
     );
+    // Fleet mode: the worst over the fleet sizes measured.
+    let fleet = all.fleet.as_ref().map(|f| &f.runs);
+    let worst = |g: fn(&crate::fleet::FleetRun) -> f64| {
+        fleet.and_then(|r| r.iter().map(g).reduce(f64::max))
+    };
+    put("fleet_reaction_intervals", worst(|r| r.reaction_intervals));
+    put(
+        "fleet_overshoot_intervals",
+        worst(|r| r.overshoot_intervals),
+    );
+    put("fleet_daemon_cpu_fraction", worst(|r| r.daemon_cpu_max));
     serde_json::Value::Object(s)
+}
+
+/// The fleet section of BENCHMARKS.md.
+fn fleet_markdown(all: &All) -> String {
+    let mut o = String::from(
+        "\n## Fleet mode\n\nDaemons in namespaces behind a router, one `redis-server`, fleet limit 30/s per \
+         source, interval 1 s. Reaction: from the moment a scraper at 60/s spread round-robin over \
+         every host crosses the fleet limit until every host drops it. Overshoot: requests admitted \
+         fleet-wide above 30/s until then, in units of the limit times one interval. CPU and Redis \
+         load: every daemon publishing 10,000 heavy hitters per interval (written into its pinned \
+         candidate map). Goals: reaction at most 2 intervals, overshoot at most 1, each daemon \
+         under 2% of a core.\n\n",
+    );
+    match &all.fleet {
+        Some(f) => {
+            o.push_str("| daemons | reaction (intervals) | admitted | overshoot (limit x interval) | daemon CPU mean / max | Redis ops/s | script calls/s | keys published/s |\n|---|---|---|---|---|---|---|---|\n");
+            for r in &f.runs {
+                o.push_str(&format!(
+                    "| {} | {:.2} | {} | {:.2} | {:.2}% / {:.2}% | {:.0} | {:.1} | {:.0} |\n",
+                    r.daemons,
+                    r.reaction_intervals,
+                    r.admitted,
+                    r.overshoot_intervals,
+                    r.daemon_cpu_mean * 100.0,
+                    r.daemon_cpu_max * 100.0,
+                    r.redis_ops_per_s,
+                    r.redis_evalsha_per_s,
+                    r.keys_published_per_s
+                ));
+            }
+        }
+        None => o.push_str(&format!(
+            "Not measured: {}\n",
+            all.fleet_error.as_deref().unwrap_or("skipped")
+        )),
+    }
+    o
 }
 
 fn goal(ok: Option<bool>) -> &'static str {
@@ -867,6 +917,6 @@ pub fn write(all: &All, markdown_path: &Path, out_dir: &Path) -> anyhow::Result<
         out_dir.join("results.json"),
         serde_json::to_string_pretty(all)?,
     )?;
-    std::fs::write(markdown_path, markdown(all, &s))?;
+    std::fs::write(markdown_path, markdown(all, &s) + &fleet_markdown(all))?;
     Ok(s)
 }

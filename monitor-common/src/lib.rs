@@ -25,5 +25,7 @@ mod pod {
     unsafe impl aya::Pod for Bucket {}
     unsafe impl aya::Pod for Ban {}
     unsafe impl aya::Pod for ListEntry {}
+    unsafe impl aya::Pod for FleetConfig {}
+    unsafe impl aya::Pod for FleetCount {}
     unsafe impl aya::Pod for Event {}
 }

@@ -13,9 +13,13 @@ pub const MAP_BANS: &str = "MON_BANS";
 pub const MAP_ALLOW: &str = "MON_ALLOW";
 pub const MAP_DENY: &str = "MON_DENY";
 pub const MAP_EVENTS: &str = "MON_EVENTS";
+/// Fleet mode: the one-element settings of the heavy-hitter candidate map (`FleetConfig`).
+pub const MAP_FLEET_CONFIG: &str = "MON_FLEET_CFG";
+/// Fleet mode: sources counted in the current fleet interval (`FleetCount`).
+pub const MAP_FLEET_HITTERS: &str = "MON_FLEET_HH";
 
 /// Every map, for pinning and adoption.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 11] = [
     MAP_CONFIG,
     MAP_PORTS,
     MAP_STATS,
@@ -25,6 +29,8 @@ pub const ALL_MAPS: [&str; 9] = [
     MAP_ALLOW,
     MAP_DENY,
     MAP_EVENTS,
+    MAP_FLEET_CONFIG,
+    MAP_FLEET_HITTERS,
 ];
 
 pub const PROG_XDP: &str = "monitor_xdp";
@@ -66,6 +72,10 @@ pub const EVENTS_BYTES: u32 = 1 << 20;
 /// Entries of `MON_PORTS`: one per port number.
 pub const PORT_SLOTS: u32 = 65_536;
 
+/// Capacity of the fleet heavy-hitter candidate map. Only sources that send at least a
+/// step's worth of requests in an interval enter it, so it holds the loud few, not the table.
+pub const MAX_FLEET_HITTERS: u32 = 32_768;
+
 /// State of one key (a source or an aggregate prefix) in `MON_SOURCES` / `MON_AGGS`.
 /// 40 bytes: small, because at a million keys each packet's lookup misses cache.
 #[repr(C)]
@@ -98,4 +108,32 @@ pub struct Ban {
 pub struct ListEntry {
     /// Monotonic ns after which the entry is ignored; 0 = permanent. `monitor block --for`.
     pub expires_ns: u64,
+}
+
+/// The settings of fleet heavy-hitter marking (`MON_FLEET_CFG`, one element), written by the
+/// daemon. All zero (the state before a daemon writes it, and without `--fleet`) is off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// Length of one counting interval, monotonic ns; 0 switches marking off.
+    pub interval_ns: u64,
+    /// A source is charged to `MON_FLEET_HH` once per `step_mask + 1` requests (a power of
+    /// two), when its request counter's low bits are all zero. So a source is counted within
+    /// one step of exactly, and one sending less than a step per interval costs one `&` per
+    /// request and never enters the map.
+    pub step_mask: u64,
+}
+
+/// One candidate's count in `MON_FLEET_HH`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FleetCount {
+    /// Which interval `count` belongs to: monotonic ns / `interval_ns`.
+    pub interval: u64,
+    /// Requests counted in that interval (in steps of `step_mask + 1`).
+    pub count: u64,
+    /// The previous interval's number and count, so the daemon can read a finished interval
+    /// even after the source's first request of the next one.
+    pub prev_interval: u64,
+    pub prev_count: u64,
 }

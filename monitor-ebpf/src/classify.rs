@@ -129,6 +129,9 @@ fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: u64) -> Verdi
 
     let (charge, bucket) = match MON_SOURCES.get_ptr_mut(key) {
         Some(bucket) => {
+            if request {
+                crate::fleet::note(&key, bucket, now);
+            }
             if policy::bucket_banned(bucket, &key, now) {
                 if request {
                     unsafe {

@@ -276,6 +276,137 @@ pub struct Layer {
     /// Serve Prometheus metrics at ADDR (e.g. 127.0.0.1:9469) [default: off].
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// Fleet mode: share limits and bans with every daemon using this Redis (redis:// or
+    /// rediss://, with user:password@ if needed) [default: off].
+    #[arg(long, value_name = "URL")]
+    pub fleet: Option<String>,
+    /// Fleet-wide rate per source, N/s or N/m [default: the per-source --rate].
+    #[arg(long, value_name = "N/s", value_parser = parse_rate)]
+    #[serde(default, deserialize_with = "de_opt")]
+    pub fleet_rate: Option<Rate>,
+    /// Requests above the fleet rate a source may send in one second before the fleet bans it
+    /// [default: 0].
+    #[arg(long, value_name = "N")]
+    pub fleet_burst: Option<u64>,
+    /// Fleet-wide rate per aggregate prefix, N/s or N/m [default: off].
+    #[arg(long, value_name = "N/s", value_parser = parse_rate)]
+    #[serde(default, deserialize_with = "de_opt")]
+    pub fleet_agg_rate: Option<Rate>,
+    /// This daemon's name in the fleet; distinct per daemon [default: the hostname].
+    #[arg(long, value_name = "NAME")]
+    pub fleet_id: Option<String>,
+    /// How often heavy hitters are published [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_dur)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub fleet_interval: Option<Duration>,
+    /// How long a fleet ban lasts; renewed while the source stays over [default: 1m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_dur)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub fleet_ban: Option<Duration>,
+    /// Most heavy hitters published per interval, largest first [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub fleet_max_keys: Option<usize>,
+}
+
+/// Fleet mode's settings (`--fleet` and friends), resolved. Changes take effect on restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FleetSettings {
+    pub url: String,
+    pub rate: Rate,
+    pub burst: u64,
+    pub agg_rate: Option<Rate>,
+    pub id: String,
+    pub interval: Duration,
+    pub ban: Duration,
+    pub max_keys: usize,
+}
+
+pub const DEFAULT_FLEET_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_FLEET_BAN: Duration = Duration::from_secs(60);
+pub const DEFAULT_FLEET_MAX_KEYS: usize = 10_000;
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(name) if rc == 0 && !name.is_empty() => name.to_string(),
+        _ => "monitor".to_string(),
+    }
+}
+
+fn resolve_fleet(
+    flags: &Layer,
+    file: &Layer,
+    rate: Rate,
+) -> Result<Option<FleetSettings>, ConfigError> {
+    let Some(url) = pick(&flags.fleet, &file.fleet) else {
+        return Ok(None);
+    };
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(invalid(format!(
+            "invalid --fleet {:?}: expected a redis:// or rediss:// URL",
+            redact_url(&url)
+        )));
+    }
+    let fleet_rate = pick(&flags.fleet_rate, &file.fleet_rate).unwrap_or(rate);
+    if fleet_rate.requests == 0 {
+        return Err(invalid("invalid --fleet-rate 0: must be at least 1/m"));
+    }
+    let interval =
+        pick(&flags.fleet_interval, &file.fleet_interval).unwrap_or(DEFAULT_FLEET_INTERVAL);
+    if interval < Duration::from_millis(100) || interval > Duration::from_secs(60) {
+        return Err(invalid(format!(
+            "invalid --fleet-interval {}: must be between 100ms and 60s",
+            format_duration(interval)
+        )));
+    }
+    let ban = pick(&flags.fleet_ban, &file.fleet_ban).unwrap_or(DEFAULT_FLEET_BAN);
+    if ban < Duration::from_secs(1) || ban > Duration::from_secs(7 * 86_400) {
+        return Err(invalid(format!(
+            "invalid --fleet-ban {}: must be between 1s and 7d",
+            format_duration(ban)
+        )));
+    }
+    let id = pick(&flags.fleet_id, &file.fleet_id).unwrap_or_else(hostname);
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(invalid(format!(
+            "invalid --fleet-id {id:?}: 1 to 64 printable ASCII characters without spaces"
+        )));
+    }
+    let max_keys =
+        pick(&flags.fleet_max_keys, &file.fleet_max_keys).unwrap_or(DEFAULT_FLEET_MAX_KEYS);
+    if max_keys == 0 || max_keys > 100_000 {
+        return Err(invalid(format!(
+            "invalid --fleet-max-keys {max_keys}: must be between 1 and 100000"
+        )));
+    }
+    let agg_rate = pick(&flags.fleet_agg_rate, &file.fleet_agg_rate).filter(|r| r.requests != 0);
+    Ok(Some(FleetSettings {
+        url,
+        rate: fleet_rate,
+        burst: pick(&flags.fleet_burst, &file.fleet_burst).unwrap_or(0),
+        agg_rate,
+        id,
+        interval,
+        ban,
+        max_keys,
+    }))
+}
+
+/// A Redis URL with its password replaced, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.rsplit_once('@') {
+        Some((auth, host)) => {
+            let user = auth.split_once(':').map_or(auth, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_string(),
+    }
 }
 
 /// The part of the settings that can change while the daemon runs (`monitor set`, reload).
@@ -317,6 +448,7 @@ pub struct Settings {
     pub persist: bool,
     pub metrics: Option<SocketAddr>,
     pub config_file: Option<PathBuf>,
+    pub fleet: Option<FleetSettings>,
 }
 
 /// Reads a config file into a layer; errors name the file and the line.
@@ -472,6 +604,7 @@ impl Settings {
                 "invalid --history-max-rows 0: the history needs at least 1 row".to_string(),
             ));
         }
+        let fleet = resolve_fleet(flags, &file, rate)?;
         let socket = socket_flag
             .map(Path::to_path_buf)
             .or(file.socket.clone())
@@ -495,6 +628,7 @@ impl Settings {
             persist: flags.persist || file.persist,
             metrics: pick(&flags.metrics, &file.metrics),
             config_file: config_file.map(Path::to_path_buf),
+            fleet,
         })
     }
 
@@ -536,6 +670,9 @@ impl Settings {
         }
         if self.metrics != other.metrics {
             out.push("metrics");
+        }
+        if self.fleet != other.fleet {
+            out.push("fleet");
         }
         out
     }
@@ -651,6 +788,60 @@ mod tests {
         };
         f(&mut l);
         l
+    }
+
+    #[test]
+    fn fleet_settings_resolve_from_flags_and_file() {
+        let s = Settings::resolve(&flags(|_| {}), None, None).unwrap();
+        assert_eq!(s.fleet, None, "no --fleet, no fleet mode");
+        let dir = std::env::temp_dir().join(format!("monitor-fleet-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.toml");
+        std::fs::write(
+            &path,
+            "fleet = \"redis://u:pw@r:6379\"\nfleet-rate = \"30/s\"\nfleet-interval = \"500ms\"\n",
+        )
+        .unwrap();
+        let f = Settings::resolve(
+            &flags(|l| l.fleet_id = Some("api-1".into())),
+            None,
+            Some(&path),
+        )
+        .unwrap()
+        .fleet
+        .unwrap();
+        assert_eq!(f.rate.to_string(), "30/s");
+        assert_eq!(f.interval, Duration::from_millis(500));
+        assert_eq!(
+            (f.id.as_str(), f.ban, f.burst),
+            ("api-1", DEFAULT_FLEET_BAN, 0)
+        );
+        let bad = |f: fn(&mut Layer)| {
+            Settings::resolve(&flags(f), None, None)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = bad(|l| l.fleet = Some("http://u:pw@r".into()));
+        assert!(e.contains("redis://") && !e.contains("pw"), "{e}");
+        assert!(
+            bad(|l| {
+                l.fleet = Some("redis://r".into());
+                l.fleet_interval = Some(Duration::from_millis(10));
+            })
+            .contains("--fleet-interval")
+        );
+        assert!(
+            bad(|l| {
+                l.fleet = Some("redis://r".into());
+                l.fleet_id = Some("two words".into());
+            })
+            .contains("--fleet-id")
+        );
+        assert_eq!(
+            redact_url("rediss://user:secret@h:1"),
+            "rediss://user:***@h:1"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -61,6 +61,21 @@ pub const MIGRATIONS: &[&str] = &[
     // 2: one index in importance order: `offenders` reads it backwards (most dropped first),
     // the row cap deletes from its front (least important first).
     "CREATE INDEX IF NOT EXISTS offenders_importance ON offenders (dropped, last_seen_ms);",
+    // 3: fleet mode: the stream entries this daemon applied (origin host and reason), and the
+    // stream cursor, kept apart from the offender rows.
+    "CREATE TABLE IF NOT EXISTS fleet_entries (
+        source TEXT NOT NULL,
+        op TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        until_ms INTEGER NOT NULL,
+        origin TEXT NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS fleet_entries_at ON fleet_entries (at_ms);
+    CREATE TABLE IF NOT EXISTS fleet_cursor (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        stream_id TEXT NOT NULL
+    );",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +97,17 @@ pub enum HistoryError {
     },
     #[error("offender database: {0}")]
     Sql(#[from] rusqlite::Error),
+}
+
+/// A fleet stream entry this daemon applied: who decided it, and why (fleet mode).
+#[derive(Clone, Debug)]
+pub struct FleetRecord {
+    pub source: String,
+    pub op: &'static str,
+    pub at_ms: i64,
+    pub until_ms: i64,
+    pub origin: String,
+    pub reason: String,
 }
 
 /// How much history is kept.
@@ -260,6 +286,55 @@ impl History {
         };
         history.load_known().map_err(open_err)?;
         Ok(history)
+    }
+
+    /// Records an applied fleet entry with its origin host and reason. Rows older than a week
+    /// are dropped on the way, so the table stays small under a long attack.
+    pub fn record_fleet(&mut self, r: &FleetRecord) -> Result<(), HistoryError> {
+        self.conn.execute(
+            "INSERT INTO fleet_entries (source, op, at_ms, until_ms, origin, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![r.source, r.op, r.at_ms, r.until_ms, r.origin, r.reason],
+        )?;
+        self.conn.execute(
+            "DELETE FROM fleet_entries WHERE at_ms < ?1",
+            params![r.at_ms - 7 * 86_400_000],
+        )?;
+        Ok(())
+    }
+
+    /// Applied fleet entries for one source, newest first: (op, at ms, origin, reason).
+    pub fn fleet_entries(
+        &self,
+        source: &str,
+    ) -> Result<Vec<(String, i64, String, String)>, HistoryError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT op, at_ms, origin, reason FROM fleet_entries WHERE source = ?1
+             ORDER BY at_ms DESC",
+        )?;
+        let rows = stmt.query_map(params![source], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The last ban-stream ID this daemon applied.
+    pub fn fleet_cursor(&self) -> Result<Option<String>, HistoryError> {
+        Ok(self
+            .conn
+            .query_row("SELECT stream_id FROM fleet_cursor WHERE id = 0", [], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    pub fn set_fleet_cursor(&mut self, stream_id: &str) -> Result<(), HistoryError> {
+        self.conn.execute(
+            "INSERT INTO fleet_cursor (id, stream_id) VALUES (0, ?1)
+             ON CONFLICT (id) DO UPDATE SET stream_id = excluded.stream_id",
+            params![stream_id],
+        )?;
+        Ok(())
     }
 
     /// Whether a sighting of a key could be written: the key is held, the table has room, or

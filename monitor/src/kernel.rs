@@ -16,9 +16,9 @@ use monitor_common::{
     addr::AddrKey,
     config::Config,
     maps::{
-        ALL_MAPS, Ban, Bucket, ListEntry, MAP_AGGREGATES, MAP_ALLOW, MAP_BANS, MAP_CONFIG,
-        MAP_DENY, MAP_EVENTS, MAP_PORTS, MAP_SOURCES, MAP_STATS, PROG_SET_BAN, PROG_TC, PROG_XDP,
-        SetBan, set_ban,
+        ALL_MAPS, Ban, Bucket, FleetConfig, FleetCount, ListEntry, MAP_AGGREGATES, MAP_ALLOW,
+        MAP_BANS, MAP_CONFIG, MAP_DENY, MAP_EVENTS, MAP_FLEET_CONFIG, MAP_FLEET_HITTERS, MAP_PORTS,
+        MAP_SOURCES, MAP_STATS, PROG_SET_BAN, PROG_TC, PROG_XDP, SetBan, set_ban,
     },
     stats::{STAT_COUNT, Stat},
 };
@@ -316,6 +316,18 @@ pub struct Swept {
     pub deny: usize,
 }
 
+/// See [`Kernel::fleet_reader`].
+pub struct FleetReader {
+    fd: OwnedFd,
+}
+
+impl FleetReader {
+    /// Every fleet candidate (at most `MAX_FLEET_HITTERS`), read with batched lookups.
+    pub fn candidates(&self) -> Result<Vec<(AddrKey, FleetCount)>> {
+        crate::batch::read_all(self.fd.as_raw_fd()).map_err(KernelError::Batch)
+    }
+}
+
 /// The kernel statistics, summed over CPUs, indexed by `Stat`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats(pub [u64; STAT_COUNT as usize]);
@@ -564,6 +576,26 @@ impl Kernel {
     /// Stores a ban the way the kernel does: the authoritative `MON_BANS` entry, then the
     /// bucket's copy, written in place by `PROG_SET_BAN` (only that field: the kernel's
     /// concurrent counter and limiter updates stand). Every failed write is an error.
+    /// Switches fleet heavy-hitter marking on (or off, with the all-zero config).
+    pub fn set_fleet_config(&mut self, config: &FleetConfig) -> Result<()> {
+        let mut array: Array<&mut MapData, FleetConfig> = self.typed_mut(MAP_FLEET_CONFIG)?;
+        array
+            .set(0, config, 0)
+            .map_err(Self::map_err(MAP_FLEET_CONFIG))
+    }
+
+    /// A read-only handle on the fleet candidate map, usable without borrowing the `Kernel`.
+    pub fn fleet_reader(&self) -> Result<FleetReader> {
+        let fd = self.map_fd(MAP_FLEET_HITTERS)?;
+        // SAFETY: `fd` belongs to a map this `Kernel` owns and is open for this call.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) }
+            .try_clone_to_owned()
+            .map_err(KernelError::Batch)?;
+        Ok(FleetReader { fd })
+    }
+
+    /// Stores a ban the way the kernel does (authoritative entry; the bucket copy is refreshed
+    /// by the kernel when the bucket is next missing).
     pub fn set_ban(&mut self, key: &AddrKey, until_ns: u64) -> Result<()> {
         let mut map: HashMap<&mut MapData, AddrKey, Ban> = self.typed_mut(MAP_BANS)?;
         map.insert(key, Ban { until_ns }, 0)

@@ -54,6 +54,16 @@ pub struct Metrics {
     pub uptime_seconds: Gauge<f64, AtomicU64>,
     pub control_requests: Counter,
     pub control_errors: Counter,
+    pub fleet_up: Gauge,
+    pub fleet_hosts: Gauge,
+    pub fleet_publish_seconds: Gauge<f64, AtomicU64>,
+    pub fleet_keys_published: Counter,
+    pub fleet_keys_suppressed: Counter,
+    pub fleet_bans_decided: Counter,
+    pub fleet_bans_applied: Counter,
+    pub fleet_stream_lag_seconds: Gauge<f64, AtomicU64>,
+    pub fleet_malformed: Counter,
+    pub fleet_pending: Gauge,
     started: Instant,
 }
 
@@ -81,6 +91,16 @@ impl Metrics {
             uptime_seconds: Gauge::default(),
             control_requests: Counter::default(),
             control_errors: Counter::default(),
+            fleet_up: Gauge::default(),
+            fleet_hosts: Gauge::default(),
+            fleet_publish_seconds: Gauge::default(),
+            fleet_keys_published: Counter::default(),
+            fleet_keys_suppressed: Counter::default(),
+            fleet_bans_decided: Counter::default(),
+            fleet_bans_applied: Counter::default(),
+            fleet_stream_lag_seconds: Gauge::default(),
+            fleet_malformed: Counter::default(),
+            fleet_pending: Gauge::default(),
             started: Instant::now(),
             registry: Registry::default(),
         };
@@ -160,6 +180,68 @@ impl Metrics {
             "How long the last table sample took",
             m.last_sample_seconds.clone(),
         );
+        for (name, help, metric) in [
+            (
+                "fleet_up",
+                "1 while this daemon exchanges with the fleet's Redis, 0 while it enforces locally only",
+                &m.fleet_up,
+            ),
+            (
+                "fleet_hosts",
+                "Fleet daemons that heartbeat in the last three intervals",
+                &m.fleet_hosts,
+            ),
+            (
+                "fleet_pending_entries",
+                "Blocks and unblocks waiting for Redis to return",
+                &m.fleet_pending,
+            ),
+        ] {
+            registry.register(name, help, metric.clone());
+        }
+        for (name, help, metric) in [
+            (
+                "fleet_publish_seconds",
+                "How long the last round of heavy-hitter publishing took",
+                &m.fleet_publish_seconds,
+            ),
+            (
+                "fleet_stream_lag_seconds",
+                "Age of the last ban-stream entry when this daemon applied it",
+                &m.fleet_stream_lag_seconds,
+            ),
+        ] {
+            registry.register(name, help, metric.clone());
+        }
+        for (name, help, metric) in [
+            (
+                "fleet_keys_published",
+                "Heavy hitters published to the fleet",
+                &m.fleet_keys_published,
+            ),
+            (
+                "fleet_keys_suppressed",
+                "Heavy hitters over the floor left unpublished by --fleet-max-keys",
+                &m.fleet_keys_suppressed,
+            ),
+            (
+                "fleet_bans_decided",
+                "Fleet bans this daemon won the decision for",
+                &m.fleet_bans_decided,
+            ),
+            (
+                "fleet_bans_applied",
+                "Fleet bans and blocks this daemon applied to its kernel",
+                &m.fleet_bans_applied,
+            ),
+            (
+                "fleet_stream_malformed",
+                "Ban-stream entries skipped as malformed",
+                &m.fleet_malformed,
+            ),
+        ] {
+            registry.register(name, help, metric.clone());
+        }
         registry.register(
             "uptime_seconds",
             "Seconds since the daemon started",

@@ -2,6 +2,7 @@
 //! program with its maps, and network namespaces that clean up after themselves.
 
 pub mod daemon;
+pub mod fleet;
 pub mod frames;
 pub mod harness;
 pub mod netns;

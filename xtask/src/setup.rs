@@ -10,8 +10,13 @@ use crate::util::{self, output, step};
 
 /// The bpf-linker release known to work with aya 0.14 here.
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages the tests need (`ip` for namespaces).
-const TEST_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2")];
+/// Debian packages the tests need (`ip` for namespaces; a real Redis for the fleet tests,
+/// which start their own `redis-server` and use `redis-cli` to inspect and damage it).
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("redis-server", "redis-server"),
+    ("redis-cli", "redis-tools"),
+];
 
 pub fn run() -> anyhow::Result<()> {
     let start = Instant::now();

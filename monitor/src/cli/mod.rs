@@ -83,7 +83,12 @@ enum Command {
         /// Only this level: source or aggregate [default: both].
         #[arg(long, value_parser = ["source", "aggregate"])]
         level: Option<String>,
+        /// Fleet-wide rates of the heavy hitters this host published (fleet mode).
+        #[arg(long, conflicts_with = "level")]
+        fleet: bool,
     },
+    /// Fleet mode: whether the Redis link is up, live hosts, last sync, bans applied.
+    Fleet,
     /// The offender history (first and last seen, peak rate, drops, bans).
     Offenders {
         /// Only offenders seen within DURATION (e.g. 1h).
@@ -229,7 +234,16 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Status => Request::Status,
         Command::Stats => Request::Stats,
-        Command::Top { limit, level } => Request::Top { limit, level },
+        Command::Top {
+            limit,
+            level,
+            fleet,
+        } => Request::Top {
+            limit,
+            level,
+            fleet,
+        },
+        Command::Fleet => Request::Fleet,
         Command::Offenders { since, limit } => Request::Offenders { since, limit },
         Command::Block { cidr, duration } => Request::Block { cidr, duration },
         Command::Unblock { cidr } => Request::Unblock { cidr },

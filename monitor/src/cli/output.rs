@@ -42,6 +42,60 @@ fn print_json(value: &Value) -> Result<()> {
 
 pub fn print(request: &Request, value: Value, json: bool) -> Result<()> {
     match request {
+        Request::Top { fleet: true, .. } => {
+            let rows: Vec<crate::proto::FleetRate> = parse(value.clone())?;
+            if json {
+                return print_json(&value);
+            }
+            let rows = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.key.clone(),
+                        format!("{:.1}", r.fleet_rate),
+                        r.local_count.to_string(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(&["KEY", "FLEET RATE/s", "LOCAL (LAST INTERVAL)"], rows)
+            );
+        }
+        Request::Fleet => {
+            let r: crate::proto::FleetReply = parse(value.clone())?;
+            if json {
+                return print_json(&value);
+            }
+            if !r.enabled {
+                println!("fleet mode: off (start the daemon with --fleet URL)");
+                return Ok(());
+            }
+            println!(
+                "fleet: {} as {} via {}",
+                if r.connected {
+                    "connected"
+                } else {
+                    "NOT CONNECTED (enforcing locally)"
+                },
+                r.id.as_deref().unwrap_or("-"),
+                r.redis.as_deref().unwrap_or("-")
+            );
+            println!("hosts: {} ({})", r.hosts.len(), r.hosts.join(", "));
+            println!(
+                "last sync: {}, stream lag {} ms",
+                r.last_sync.as_deref().unwrap_or("never"),
+                r.lag_ms.map_or("-".to_string(), |l| l.to_string())
+            );
+            println!(
+                "keys published {}, suppressed {}; bans applied {}; malformed entries {}; waiting to publish {}",
+                r.keys_published,
+                r.keys_suppressed,
+                r.bans_applied,
+                r.malformed_entries,
+                r.pending_entries
+            );
+        }
         Request::Top { .. } => {
             let reply: TopReply = parse(value)?;
             if json {

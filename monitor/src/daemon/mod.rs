@@ -12,6 +12,7 @@ pub mod attach;
 pub mod control;
 pub mod event_lines;
 pub mod events;
+pub mod fleet;
 pub mod preflight;
 pub mod sampler;
 pub mod writer;
@@ -61,6 +62,8 @@ pub struct Shared<M = MapWriter> {
     /// The command-line layer, kept so a reload merges the re-read file under the same flags.
     flags: Layer,
     socket_flag: Option<PathBuf>,
+    /// Fleet mode's link, when `--fleet` is given.
+    pub fleet: Option<Arc<fleet::Fleet>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -90,7 +93,13 @@ impl<M: Maps> Shared<M> {
             settings: Mutex::new(settings),
             flags,
             socket_flag,
+            fleet: None,
         }
+    }
+
+    /// The last ban-stream ID applied (fleet mode), from the history database.
+    pub fn fleet_cursor(&self) -> Result<Option<String>> {
+        Ok(lock(&self.history).history.fleet_cursor()?)
     }
 
     /// The map writer; hold it only for map operations (each is a system call or a few).
@@ -145,6 +154,26 @@ impl<M: Maps> Shared<M> {
                 warn!("{e}");
             }
             Err(e) => warn!("history writer failed: {e}"),
+        }
+    }
+
+    pub async fn record_fleet(&self, record: crate::history::FleetRecord) {
+        let history = self.history.clone();
+        let result =
+            tokio::task::spawn_blocking(move || lock(&history).history.record_fleet(&record)).await;
+        if let Ok(Err(e)) = result {
+            self.metrics.history_errors.inc();
+            warn!("{e}");
+        }
+    }
+
+    pub async fn save_fleet_cursor(&self, stream_id: String) {
+        let history = self.history.clone();
+        let result =
+            tokio::task::spawn_blocking(move || lock(&history).history.set_fleet_cursor(&stream_id)).await;
+        if let Ok(Err(e)) = result {
+            self.metrics.history_errors.inc();
+            warn!("{e}");
         }
     }
 
@@ -280,15 +309,34 @@ async fn serve(settings: Settings, flags: Layer, socket_flag: Option<PathBuf>) -
         }
     };
     let listener = bind_socket(&settings.socket)?;
-    let shared = Arc::new(Shared::new(
+    let mut shared = Shared::new(
         writer,
         settings.clone(),
         flags,
         socket_flag,
         history,
         attachments,
-    ));
+    );
     let metrics = shared.metrics.clone();
+    let fleet_parts = match &settings.fleet {
+        Some(fs) => {
+            let (fleet, ops) = fleet::Fleet::new(fs.clone(), metrics.clone())?;
+            let (reader, cursor) = {
+                let w = shared.writer();
+                (w.kernel().fleet_reader()?, shared.fleet_cursor()?)
+            };
+            shared.fleet = Some(fleet.clone());
+            Some((fleet, ops, reader, cursor))
+        }
+        None => {
+            // Adopted maps may carry an earlier fleet run's marking: switch it off.
+            shared
+                .writer()
+                .set_fleet(&monitor_common::maps::FleetConfig::default())?;
+            None
+        }
+    };
+    let shared = Arc::new(shared);
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(log_forwarder(logger));
@@ -333,6 +381,9 @@ async fn serve(settings: Settings, flags: Layer, socket_flag: Option<PathBuf>) -
     ));
     tasks.spawn(history_flusher(shared.clone()));
     tasks.spawn(sweeper(shared.clone()));
+    if let Some((fleet, ops, reader, cursor)) = fleet_parts {
+        fleet.spawn(&mut tasks, shared.clone(), reader, ops, cursor);
+    }
     if let Some(listener) = metrics_listener {
         info!(
             "serving metrics on http://{}/metrics",

@@ -206,6 +206,13 @@ impl MapWriter {
         Ok(swept)
     }
 
+    /// Sets the kernel's fleet heavy-hitter marking (fleet mode's publishing task).
+    pub fn set_fleet(&mut self, config: &monitor_common::maps::FleetConfig) -> Result<()> {
+        self.kernel
+            .set_fleet_config(config)
+            .context("writing the fleet marking settings")
+    }
+
     /// Blocks a CIDR until `until_ns` (kernel clock).
     pub fn block(&mut self, cidr: &Cidr, until_ns: u64) -> Result<BlockKind> {
         if cidr.len == self.source_prefix(cidr) {

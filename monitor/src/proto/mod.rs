@@ -49,7 +49,12 @@ pub enum Request {
     Top {
         limit: usize,
         level: Option<String>,
+        /// Fleet-wide rates of this host's published heavy hitters instead of local rates.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        fleet: bool,
     },
+    /// Fleet mode's link state.
+    Fleet,
     Offenders {
         since: Option<String>,
         limit: usize,
@@ -190,6 +195,33 @@ pub struct Done {
     pub message: String,
 }
 
+/// One row of `monitor top --fleet`: a key this host published, with the fleet's estimate.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FleetRate {
+    pub key: String,
+    /// Requests per second the whole fleet saw from this key (the script's sliding estimate).
+    pub fleet_rate: f64,
+    /// Requests this host counted in its last interval.
+    pub local_count: u64,
+}
+
+/// `monitor fleet`'s reply.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FleetReply {
+    pub enabled: bool,
+    pub connected: bool,
+    pub id: Option<String>,
+    pub hosts: Vec<String>,
+    pub last_sync: Option<String>,
+    pub lag_ms: Option<u64>,
+    pub bans_applied: u64,
+    pub keys_published: u64,
+    pub keys_suppressed: u64,
+    pub malformed_entries: u64,
+    pub pending_entries: u64,
+    pub redis: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +232,7 @@ mod tests {
         let top = serde_json::to_value(Request::Top {
             limit: 20,
             level: None,
+            fleet: false,
         })
         .unwrap();
         assert_eq!(

@@ -6,6 +6,7 @@
 
 mod chart;
 mod daemon;
+mod fleet;
 mod http;
 mod netns;
 mod report;
@@ -73,6 +74,10 @@ pub struct DemoArgs {
     /// Where to write the chart (default: target/demo/demo.svg).
     #[arg(long)]
     chart: Option<PathBuf>,
+    /// Spread the scraper over N API hosts (2 to 10) behind a router running redis-server, and
+    /// compare per-host limits with `--fleet` (one limit across every host).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..=10))]
+    hosts: Option<u64>,
     /// Remove every world left by `--keep` or by an interrupted run, then exit.
     #[arg(long)]
     teardown: bool,
@@ -93,6 +98,24 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     setup::run()?;
     let bin = build_monitor(args.release)?;
     check_interrupted()?;
+    if let Some(hosts) = args.hosts {
+        let dir = target_dir()
+            .join("demo")
+            .join(format!("fleet-{}", std::process::id()));
+        fs::create_dir_all(&dir)?;
+        let report = fleet::run(
+            &bin,
+            hosts as usize,
+            Duration::from_secs(args.duration.min(60)),
+            &dir,
+        )?;
+        eprintln!("\n{}", report.text());
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        let _ = fs::remove_dir_all(&dir);
+        return Ok(());
+    }
     sweep_stale();
     let names = Names::new(&std::process::id().to_string());
     clean_up_on_panic(&names);

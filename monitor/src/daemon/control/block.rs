@@ -5,7 +5,19 @@ use anyhow::{Result, anyhow, bail};
 use serde_json::Value;
 
 use super::{Maps, cidr, done};
-use crate::{clock, daemon::Shared, daemon::writer::BlockKind, timefmt, units::parse_duration};
+use crate::{
+    clock,
+    daemon::{
+        Shared,
+        fleet::{
+            entry::{Entry, Op},
+            unix_ms,
+        },
+        writer::BlockKind,
+    },
+    timefmt,
+    units::parse_duration,
+};
 
 /// Default of `block --for`.
 const DEFAULT_BLOCK: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -39,10 +51,27 @@ pub fn run<M: Maps>(shared: &Shared<M>, input: &str, duration: Option<&str>) -> 
     let c = cidr(input)?;
     let (until, when) = deadline(duration, Some(DEFAULT_BLOCK))?;
     let kind = shared.writer().block(&c, until)?;
+    let mut fleet_note = "";
+    if let Some(fleet) = &shared.fleet {
+        // Queued for the fleet task: the command never waits on Redis.
+        let left_ms = (until.saturating_sub(clock::kernel_now_ns()) / 1_000_000) as i64;
+        fleet.submit(Entry {
+            op: Op::Block,
+            src: c,
+            until_ms: unix_ms() + left_ms,
+            origin: fleet.settings.id.clone(),
+            reason: "manual".into(),
+        });
+        fleet_note = if fleet.connected() {
+            "; sent to the fleet"
+        } else {
+            "; the fleet's Redis is unreachable: applied here, sent to the fleet when it returns"
+        };
+    }
     done(match kind {
-        BlockKind::Ban => format!("blocked {c} {when} (ban)"),
+        BlockKind::Ban => format!("blocked {c} {when} (ban){fleet_note}"),
         BlockKind::TimedDeny => format!(
-            "blocked {c} {when} (expiring deny entry: the CIDR is not one source at the configured prefix)"
+            "blocked {c} {when} (expiring deny entry: the CIDR is not one source at the configured prefix){fleet_note}"
         ),
     })
 }

@@ -6,6 +6,7 @@
 //! the server) with an in-memory fake, without root or a loaded object.
 
 mod block;
+mod fleet;
 mod list;
 mod offenders;
 pub mod reload;
@@ -92,7 +93,11 @@ pub async fn handle<M: Maps>(shared: &Shared<M>, request: Request) -> Response {
     let result = match request {
         Request::Status => status::run(shared),
         Request::Stats => stats::run(shared),
-        Request::Top { limit, level } => top::run(shared, limit, level.as_deref()),
+        Request::Top {
+            limit, fleet: true, ..
+        } => fleet::top(shared, limit),
+        Request::Top { limit, level, .. } => top::run(shared, limit, level.as_deref()),
+        Request::Fleet => fleet::run(shared),
         Request::Offenders { since, limit } => {
             offenders::run(shared, since.as_deref(), limit).await
         }
