@@ -22,6 +22,7 @@ use monitor_common::{
 };
 
 use crate::{
+    conn,
     frame::Frame,
     limit::{Charge, charge_bucket, charge_key, insert_new},
     maps::{MON_AGGS, MON_CONFIG, MON_PORTS, MON_SOURCES, count},
@@ -111,11 +112,11 @@ fn over_limit(cfg: &Config, reason: Stat) -> Verdict {
 #[inline(always)]
 fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: u64) -> Verdict {
     let src = &pkt.src;
-    if cfg.flags & config_flags::HAS_ALLOW != 0 && policy::allowlisted(src, now) {
+    if cfg.flags & config_flags::HAS_ALLOW != 0 && policy::allowlisted(src, pkt.is_v4, now) {
         count(Stat::Allowlisted);
         return Verdict::Pass;
     }
-    if cfg.flags & config_flags::HAS_DENY != 0 && policy::denylisted(src, now) {
+    if cfg.flags & config_flags::HAS_DENY != 0 && policy::denylisted(src, pkt.is_v4, now) {
         count(Stat::DroppedDeny);
         return Verdict::Drop;
     }
@@ -138,7 +139,7 @@ fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: u64) -> Verdi
                 }
                 return over_limit(cfg, Stat::DroppedBan);
             }
-            if !request {
+            if !request || !connected(frame, pkt, cfg) {
                 count(Stat::NotCounted);
                 return Verdict::Pass;
             }
@@ -152,7 +153,7 @@ fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: u64) -> Verdi
                 policy::restore_banned_bucket(&key, ban_until, request);
                 return over_limit(cfg, Stat::DroppedBan);
             }
-            if !request {
+            if !request || !connected(frame, pkt, cfg) {
                 count(Stat::NotCounted);
                 return Verdict::Pass;
             }
@@ -271,10 +272,16 @@ fn event(
     }
 }
 
-/// Whether this packet is one request in the configured counting mode.
+/// Whether this packet is one request in the configured counting mode, before the connection
+/// check. The first fragment of a fragmented segment or datagram is one request in every mode
+/// (UDP in `http` mode excepted, which never counts): it carries the ports, nothing reassembles
+/// without it, and its own payload may be cut anywhere, even before the end of the header.
 #[inline(always)]
 fn is_request<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config) -> bool {
     let tcp = pkt.proto == IPPROTO_TCP;
+    if pkt.first_fragment {
+        return tcp || cfg.count_mode != count_mode::HTTP;
+    }
     match cfg.count_mode {
         count_mode::SYN => {
             !tcp || (pkt.tcp_flags & TCP_FLAG_SYN != 0 && pkt.tcp_flags & TCP_FLAG_ACK == 0)
@@ -283,6 +290,21 @@ fn is_request<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config) -> bool {
         count_mode::HTTP => tcp && pkt.payload_len > 0 && http_request(frame, pkt, cfg),
         _ => !tcp || pkt.payload_len > 0,
     }
+}
+
+/// In the modes that count TCP payload, a TCP request counts only if it belongs to a connection
+/// of this host (`conn`); `syn` and `packets` count what they see. Counts `unconnected`.
+#[inline(always)]
+fn connected<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config) -> bool {
+    if pkt.proto != IPPROTO_TCP
+        || cfg.count_mode == count_mode::SYN
+        || cfg.count_mode == count_mode::PACKETS
+        || conn::belongs(frame, pkt)
+    {
+        return true;
+    }
+    count(Stat::Unconnected);
+    false
 }
 
 #[inline(always)]
