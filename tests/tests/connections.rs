@@ -211,3 +211,154 @@ fn udp_is_counted_without_a_connection() {
         );
     }
 }
+
+/// Real traffic: the program attached to a server's veth (native XDP, or TC ingress), a real
+/// client's requests over TCP, and forged data segments sent raw from the client namespace
+/// naming both the real client and an address nobody uses. Bans are on: the forged requests
+/// must ban nobody and leave the real client's budget untouched.
+mod over_a_veth {
+    use std::{net::SocketAddr, time::Duration};
+
+    use aya::programs::{TcAttachType, xdp::XdpMode};
+    use monitor::kernel::{Kernel, LoadOptions};
+    use monitor_common::{
+        addr::AddrKey,
+        config::{Config, port_flags},
+        rate::{Limit, NANOS_PER_SEC},
+        stats::Stat,
+    };
+    use tests::{
+        frames::Frame,
+        netns::Link,
+        traffic::{Server, request},
+    };
+
+    const PORT: u16 = 8080;
+    const TIMEOUT: Duration = Duration::from_millis(1500);
+    const FORGED: usize = 40;
+
+    #[derive(Clone, Copy, Debug)]
+    enum Attach {
+        XdpNative,
+        Tc,
+    }
+
+    fn attach(link: &Link, config: Config, how: Attach) -> Kernel {
+        let ifname = link.server_if.clone();
+        link.server.run_in(move || {
+            let mut kernel = Kernel::load(&LoadOptions {
+                max_sources: 1024,
+                pin_dir: None,
+            })
+            .expect("load");
+            kernel.set_config(&config).expect("config");
+            kernel.set_port(PORT, port_flags::TCP).expect("port");
+            match how {
+                Attach::XdpNative => {
+                    kernel
+                        .xdp()
+                        .unwrap()
+                        .attach(&ifname, XdpMode::Driver)
+                        .expect("attach native XDP to veth");
+                }
+                Attach::Tc => {
+                    kernel
+                        .tc()
+                        .unwrap()
+                        .attach(&ifname, TcAttachType::Ingress)
+                        .expect("attach TC ingress");
+                }
+            }
+            kernel
+        })
+    }
+
+    /// Sends raw frames out of `ifname` (an AF_PACKET socket in the calling thread's namespace).
+    fn send_raw(ifname: &str, frames: &[Vec<u8>]) {
+        let name = std::ffi::CString::new(ifname).unwrap();
+        // SAFETY: plain libc calls on local, zero-initialised structures.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+            assert!(addr.sll_ifindex > 0, "no interface {ifname}");
+            addr.sll_halen = 6;
+            for frame in frames {
+                let sent = libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&raw const addr).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                assert_eq!(
+                    sent,
+                    frame.len() as isize,
+                    "send: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            libc::close(fd);
+        }
+    }
+
+    fn forged_requests_ban_nobody(how: Attach, net: u8) {
+        let server = format!("10.{net}.0.1");
+        let client = format!("10.{net}.0.11");
+        let victim = format!("10.{net}.0.12");
+        let link = Link::new(&[&format!("{server}/24")]);
+        link.add_client_addr(&format!("{client}/24"));
+        let _server = link.server.run_in(|| Server::start(PORT));
+        let kernel = attach(
+            &link,
+            Config {
+                source: Limit::new(1, 60 * NANOS_PER_SEC, 3).unwrap(),
+                ban_ns: 3600 * NANOS_PER_SEC,
+                ..Config::default()
+            },
+            how,
+        );
+        let frames: Vec<Vec<u8>> = [&client, &victim]
+            .iter()
+            .flat_map(|src| {
+                let mut f = Frame::request(src, PORT);
+                f.dst = server.parse().unwrap();
+                std::iter::repeat_n(f.build(), FORGED)
+            })
+            .collect();
+        let before = kernel.stats().unwrap();
+        let ifname = link.client_if.clone();
+        link.client.run_in(move || send_raw(&ifname, &frames));
+        let after = kernel.stats().unwrap();
+        let moved = |s: Stat| after.get(s) - before.get(s);
+        assert_eq!(moved(Stat::Unconnected), 2 * FORGED as u64, "{how:?}");
+        assert_eq!(moved(Stat::Requests), 0, "{how:?}");
+        assert_eq!(moved(Stat::BansStarted), 0, "{how:?}");
+
+        // The real client still has its whole burst of 3: each request passes and counts.
+        let to = SocketAddr::new(server.parse().unwrap(), PORT);
+        let src = client.parse().unwrap();
+        let served = link
+            .client
+            .run_in(move || (0..3).filter(|_| request(src, to, "/", TIMEOUT)).count());
+        assert_eq!(served, 3, "{how:?}: the real client's requests");
+        let v4 = |a: &str| AddrKey::from_v4(a.parse::<std::net::Ipv4Addr>().unwrap().octets());
+        let bucket = kernel.source(&v4(&client)).unwrap().expect("client bucket");
+        assert_eq!((bucket.requests, bucket.refused), (3, 0), "{how:?}");
+        assert_eq!(kernel.source(&v4(&victim)).unwrap(), None, "{how:?}");
+        assert!(kernel.bans().unwrap().is_empty(), "{how:?}: someone was banned");
+    }
+
+    #[test]
+    fn forged_requests_over_xdp_ban_nobody() {
+        forged_requests_ban_nobody(Attach::XdpNative, 203);
+    }
+
+    #[test]
+    fn forged_requests_over_tc_ban_nobody() {
+        forged_requests_ban_nobody(Attach::Tc, 204);
+    }
+}
