@@ -13,6 +13,9 @@ pub const MAP_BANS: &str = "MON_BANS";
 pub const MAP_ALLOW: &str = "MON_ALLOW";
 pub const MAP_DENY: &str = "MON_DENY";
 pub const MAP_EVENTS: &str = "MON_EVENTS";
+/// Per-CPU scratch space for the kernel program's parsed packet (never read by user space,
+/// never pinned, so not in `ALL_MAPS`). See `monitor-ebpf/src/classify.rs`.
+pub const MAP_SCRATCH: &str = "MON_SCRATCH";
 
 /// Every map, for pinning and adoption.
 pub const ALL_MAPS: [&str; 9] = [

@@ -46,6 +46,10 @@ pub static MON_ALLOW: LpmTrie<ListAddr, ListEntry> =
 pub static MON_DENY: LpmTrie<ListAddr, ListEntry> =
     LpmTrie::with_max_entries(MAX_LIST_ENTRIES, BPF_F_NO_PREALLOC);
 
+/// One parsed packet per CPU (see `classify`): `parse::Transport` as 8-byte words.
+#[map]
+pub static MON_SCRATCH: PerCpuArray<crate::parse::Transport> = PerCpuArray::with_max_entries(1, 0);
+
 #[map]
 pub static MON_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 

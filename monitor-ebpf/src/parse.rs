@@ -62,6 +62,8 @@ pub enum Parsed {
     Transport(Transport),
 }
 
+#[repr(C)]
+#[derive(Clone, Copy)]
 pub struct Transport {
     pub src: AddrKey,
     /// The destination address (IPv4 in mapped form), for the connection lookup.
