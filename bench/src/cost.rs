@@ -14,13 +14,13 @@ use std::{
 use anyhow::Context as _;
 use aya::programs::{TestRun as _, TestRunOptions};
 use monitor::kernel::{Kernel, LoadOptions};
-use socket2::{Domain, Socket, Type};
 use monitor_common::{
     addr::AddrKey,
     config::{Config, count_mode, port_flags},
     maps::{Bucket, MAP_SOURCES},
     rate::{Limit, NANOS_PER_SEC},
 };
+use socket2::{Domain, Socket, Type};
 
 use crate::{
     fill,
@@ -120,7 +120,16 @@ fn run_in_private_netns(sources: &[u32], rounds: usize, repeat: u32) -> anyhow::
         frames::build(src, dst, vlan, l4, port, payload).bytes
     };
     sh(&["ip", "link", "set", "lo", "up"])?;
-    sh(&["ip", "-4", "route", "add", "local", "0.0.0.0/0", "dev", "lo"])?;
+    sh(&[
+        "ip",
+        "-4",
+        "route",
+        "add",
+        "local",
+        "0.0.0.0/0",
+        "dev",
+        "lo",
+    ])?;
     let listener = TcpListener::bind(SocketAddr::new(d4, PORT)).context("listen")?;
     let _connections = [v4_pass, v4_drop]
         .map(|src| connect(SocketAddr::new(src, frames::SPORT), &listener))

@@ -19,7 +19,12 @@ pub mod stats;
 #[cfg(feature = "user")]
 mod pod {
     //! Map values must be `Pod` for aya; only user space needs it.
-    use crate::{addr::{AddrKey, ListAddr}, config::Config, event::Event, maps::*};
+    use crate::{
+        addr::{AddrKey, ListAddr},
+        config::Config,
+        event::Event,
+        maps::*,
+    };
     unsafe impl aya::Pod for AddrKey {}
     unsafe impl aya::Pod for ListAddr {}
     unsafe impl aya::Pod for Config {}

@@ -260,7 +260,13 @@ mod tests {
 
     #[test]
     fn list_key_round_trip() {
-        for text in ["0.0.0.0/0", "192.0.2.0/24", "198.51.100.7/32", "::/0", "2001:db8::/48"] {
+        for text in [
+            "0.0.0.0/0",
+            "192.0.2.0/24",
+            "198.51.100.7/32",
+            "::/0",
+            "2001:db8::/48",
+        ] {
             let c: Cidr = text.parse().unwrap();
             let (key, len) = c.to_list_key();
             assert_eq!(Cidr::from_list_key(&key, len), Some(c), "{text}");

@@ -39,7 +39,16 @@ impl ThreadNetns {
         let ns = Self { home };
         // Commands run from this thread inherit its namespace.
         sh(&["ip", "link", "set", "lo", "up"]);
-        sh(&["ip", "-4", "route", "add", "local", "0.0.0.0/0", "dev", "lo"]);
+        sh(&[
+            "ip",
+            "-4",
+            "route",
+            "add",
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+        ]);
         sh(&["ip", "-6", "route", "add", "local", "::/0", "dev", "lo"]);
         ns
     }

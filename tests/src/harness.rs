@@ -76,9 +76,7 @@ impl Loaded {
 
     /// Runs a frame with no connection behind it, whatever the counting mode.
     pub fn run_spoofed(&mut self, hook: Hook, frame: &[u8]) -> Verdict {
-        self.run_test(hook, frame, 1)
-            .expect("BPF_PROG_TEST_RUN")
-            .0
+        self.run_test(hook, frame, 1).expect("BPF_PROG_TEST_RUN").0
     }
 
     /// Opens the connection a TCP frame belongs to, if the live mode needs one.

@@ -109,7 +109,9 @@ fn a_closed_connection_no_longer_counts() {
 /// Like `assert_uncounted`, for a source that already has a bucket (it must not move).
 #[track_caller]
 fn assert_uncounted_keeps_bucket(k: &mut Loaded, hook: Hook, frame: &Frame, src: &str) {
-    let bucket = k.source_bucket(src).expect("a bucket from the real request");
+    let bucket = k
+        .source_bucket(src)
+        .expect("a bucket from the real request");
     let before = k.stats();
     assert_eq!(k.run_spoofed(hook, &frame.build()), Verdict::Pass);
     k.expect_stats(
@@ -279,7 +281,11 @@ mod over_a_veth {
         // SAFETY: plain libc calls on local, zero-initialised structures.
         unsafe {
             let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
             let mut addr: libc::sockaddr_ll = std::mem::zeroed();
             addr.sll_family = libc::AF_PACKET as u16;
             addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
@@ -349,7 +355,10 @@ mod over_a_veth {
         let bucket = kernel.source(&v4(&client)).unwrap().expect("client bucket");
         assert_eq!((bucket.requests, bucket.refused), (3, 0), "{how:?}");
         assert_eq!(kernel.source(&v4(&victim)).unwrap(), None, "{how:?}");
-        assert!(kernel.bans().unwrap().is_empty(), "{how:?}: someone was banned");
+        assert!(
+            kernel.bans().unwrap().is_empty(),
+            "{how:?}: someone was banned"
+        );
     }
 
     #[test]

@@ -65,21 +65,39 @@ fn a_first_fragment_holding_only_the_tcp_header_counts() {
             let bytes = Frame::tcp(&v4, LOOKUP_PORT, TCP_PSH | TCP_ACK, b"")
                 .with_v4_fragment(0, true)
                 .build();
-            assert_one_request(&mut k, hook, &bytes, &v4, &format!("{name}: IPv4 header only"));
+            assert_one_request(
+                &mut k,
+                hook,
+                &bytes,
+                &v4,
+                &format!("{name}: IPv4 header only"),
+            );
 
             let v6 = v6_source(h as u8, 1);
             let bytes = Frame::tcp(&v6, LOOKUP_PORT, TCP_PSH | TCP_ACK, b"")
                 .with_v6_extensions(&[(IPPROTO_FRAGMENT, 8)])
                 .with_v6_more_fragments()
                 .build();
-            assert_one_request(&mut k, hook, &bytes, &v6, &format!("{name}: IPv6 header only"));
+            assert_one_request(
+                &mut k,
+                hook,
+                &bytes,
+                &v6,
+                &format!("{name}: IPv6 header only"),
+            );
 
             // In http mode the first piece of the request line is no evidence either way.
             let v4 = v4_source(h as u8, 2);
             let bytes = Frame::tcp(&v4, LOOKUP_PORT, TCP_PSH | TCP_ACK, b"GE")
                 .with_v4_fragment(0, true)
                 .build();
-            assert_one_request(&mut k, hook, &bytes, &v4, &format!("{name}: `GE` then the rest"));
+            assert_one_request(
+                &mut k,
+                hook,
+                &bytes,
+                &v4,
+                &format!("{name}: `GE` then the rest"),
+            );
         }
     }
 }
@@ -93,7 +111,13 @@ fn a_first_fragment_cut_inside_the_tcp_header_counts() {
         for (n, cut) in [8usize, 16].into_iter().enumerate() {
             let src = v4_source(10 + h as u8, n as u8);
             let bytes = v4_first_fragment(&src, cut);
-            assert_one_request(&mut k, hook, &bytes, &src, &format!("{cut}-byte TCP fragment"));
+            assert_one_request(
+                &mut k,
+                hook,
+                &bytes,
+                &src,
+                &format!("{cut}-byte TCP fragment"),
+            );
         }
         // Under 4 bytes the ports are unknown: it passes as malformed (and Linux discards it).
         let src = v4_source(10 + h as u8, 9);
@@ -143,7 +167,9 @@ fn cidr(s: &str) -> Cidr {
 
 fn with_lists(k: &mut Loaded, allow: &[&str], deny: &[&str]) {
     for c in allow {
-        k.kernel.list_insert(List::Allow, &cidr(c), 0).expect("allow");
+        k.kernel
+            .list_insert(List::Allow, &cidr(c), 0)
+            .expect("allow");
     }
     for c in deny {
         k.kernel.list_insert(List::Deny, &cidr(c), 0).expect("deny");
@@ -160,7 +186,10 @@ fn with_lists(k: &mut Loaded, allow: &[&str], deny: &[&str]) {
 
 #[test]
 fn an_ipv6_allow_entry_never_exempts_ipv4_and_the_reverse() {
-    for (allow, src, other) in [("::/0", "10.50.0.1", "fd50::1"), ("0.0.0.0/0", "fd51::1", "10.51.0.1")] {
+    for (allow, src, other) in [
+        ("::/0", "10.50.0.1", "fd50::1"),
+        ("0.0.0.0/0", "fd51::1", "10.51.0.1"),
+    ] {
         let mut k = Loaded::new(strict(count_mode::PAYLOAD));
         with_lists(&mut k, &[allow], &[]);
         for hook in HOOKS {
@@ -175,23 +204,38 @@ fn an_ipv6_allow_entry_never_exempts_ipv4_and_the_reverse() {
             assert_eq!(delta(&before, &k.stats(), Stat::Allowlisted), 0);
             // ...and the entry's own family is exempt.
             let bytes = Frame::request(other, LOOKUP_PORT).build();
-            assert_eq!(k.passes(hook, &bytes, 3), 3, "{hook:?} allow {allow}: {other}");
+            assert_eq!(
+                k.passes(hook, &bytes, 3),
+                3,
+                "{hook:?} allow {allow}: {other}"
+            );
         }
     }
 }
 
 #[test]
 fn an_ipv6_deny_entry_never_drops_ipv4_and_the_reverse() {
-    for (deny, src, other) in [("::/8", "10.52.0.1", "::5"), ("0.0.0.0/0", "fd53::1", "10.53.0.1")] {
+    for (deny, src, other) in [
+        ("::/8", "10.52.0.1", "::5"),
+        ("0.0.0.0/0", "fd53::1", "10.53.0.1"),
+    ] {
         let mut k = Loaded::new(config_with_limit(1000, 1000));
         with_lists(&mut k, &[], &[deny]);
         for hook in HOOKS {
             let bytes = Frame::request(src, LOOKUP_PORT).build();
             let before = k.stats();
-            assert_eq!(k.run(hook, &bytes), Verdict::Pass, "{hook:?} deny {deny}: {src}");
+            assert_eq!(
+                k.run(hook, &bytes),
+                Verdict::Pass,
+                "{hook:?} deny {deny}: {src}"
+            );
             assert_eq!(delta(&before, &k.stats(), Stat::DroppedDeny), 0);
             let bytes = Frame::request(other, LOOKUP_PORT).build();
-            assert_eq!(k.run(hook, &bytes), Verdict::Drop, "{hook:?} deny {deny}: {other}");
+            assert_eq!(
+                k.run(hook, &bytes),
+                Verdict::Drop,
+                "{hook:?} deny {deny}: {other}"
+            );
         }
     }
 }
@@ -212,7 +256,11 @@ fn an_ipv6_packet_from_a_v4_mapped_source_is_not_that_ipv4_source() {
             let mut frame = Frame::request(&mapped, LOOKUP_PORT);
             frame.dst = "2001:db8::1".parse().unwrap();
             let before = k.stats();
-            assert_eq!(k.run(hook, &frame.build()), Verdict::Pass, "{hook:?} {mapped}");
+            assert_eq!(
+                k.run(hook, &frame.build()),
+                Verdict::Pass,
+                "{hook:?} {mapped}"
+            );
             k.expect_stats(
                 &format!("{hook:?} /{v6_prefix}: {mapped}"),
                 &before,
@@ -238,6 +286,12 @@ fn a_request_behind_an_ipv6_authentication_header_counts() {
         let bytes = Frame::tcp(&src, LOOKUP_PORT, TCP_ACK, b"x")
             .with_v6_extensions(&[(IPPROTO_FRAGMENT, 8), (IPPROTO_AH, 16)])
             .build();
-        assert_one_request(&mut k, hook, &bytes, &src, "fragment header then AH (16 bytes)");
+        assert_one_request(
+            &mut k,
+            hook,
+            &bytes,
+            &src,
+            "fragment header then AH (16 bytes)",
+        );
     }
 }
