@@ -90,14 +90,16 @@ impl Conns {
             return Ok(());
         }
         raise_fd_limit();
-        if !self.listeners.contains_key(&tuple.dst) {
-            let sock = socket(tuple.dst)?;
-            sock.bind(&tuple.dst.into())
-                .map_err(|e| format!("listen on {}: {e}", tuple.dst))?;
-            sock.listen(1024).map_err(|e| format!("listen: {e}"))?;
-            self.listeners.insert(tuple.dst, sock.into());
-        }
-        let listener = &self.listeners[&tuple.dst];
+        let listener = match self.listeners.entry(tuple.dst) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let sock = socket(tuple.dst)?;
+                sock.bind(&tuple.dst.into())
+                    .map_err(|err| format!("listen on {}: {err}", tuple.dst))?;
+                sock.listen(1024).map_err(|err| format!("listen: {err}"))?;
+                e.insert(sock.into())
+            }
+        };
         let client = socket(tuple.src)?;
         client
             .bind(&tuple.src.into())
