@@ -81,8 +81,7 @@ fn tc_pulls_the_headers_of_a_short_non_linear_packet() {
         write_split(&tap, &frame);
         // The tap delivers on its NAPI poll: wait (bounded) for both packets to be seen.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while delta(&before, &k.stats(), Stat::Seen) < 2 && std::time::Instant::now() < deadline
-        {
+        while delta(&before, &k.stats(), Stat::Seen) < 2 && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         k.expect_stats(
