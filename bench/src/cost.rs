@@ -1,8 +1,15 @@
 //! Part 1: the program's own cost per packet, with BPF_PROG_TEST_RUN `repeat`, next to the
 //! trivial XDP_PASS and XDP_DROP programs in the same run. Cases are alternated inside every
 //! round, so drift (other work on the machine) spreads over all of them.
+//!
+//! In `payload` and `http` modes a TCP segment counts only on a connection the host has (a
+//! socket lookup), so the part runs on a thread in a private network namespace where the TCP
+//! sources have real loopback connections with the frames' exact addresses and ports.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+};
 
 use anyhow::Context as _;
 use aya::programs::{TestRun as _, TestRunOptions};
@@ -13,6 +20,7 @@ use monitor_common::{
     maps::{Bucket, MAP_SOURCES},
     rate::{Limit, NANOS_PER_SEC},
 };
+use socket2::{Domain, Socket, Type};
 
 use crate::{
     fill,
@@ -66,16 +74,68 @@ fn ip(s: &str) -> IpAddr {
 }
 
 pub fn run(sources: &[u32], rounds: usize, repeat: u32) -> anyhow::Result<CostResult> {
+    let sources = sources.to_vec();
+    std::thread::spawn(move || {
+        // SAFETY: plain syscall; it moves only this thread into a new network namespace.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            anyhow::bail!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+        }
+        run_in_private_netns(&sources, rounds, repeat)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the cost thread panicked"))?
+}
+
+/// A real TCP connection from `src` to `dst` (both local through the namespace's `local`
+/// route), kept open while the returned sockets live.
+fn connect(src: SocketAddr, dst: &TcpListener) -> anyhow::Result<(Socket, TcpStream)> {
+    let client = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    client.set_freebind_v4(true)?;
+    client.set_reuse_address(true)?;
+    client.bind(&src.into())?;
+    client.connect(&dst.local_addr()?.into())?;
+    let (server, _) = dst.accept()?;
+    Ok((client, server))
+}
+
+fn sh(args: &[&str]) -> anyhow::Result<()> {
+    let status = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .with_context(|| format!("running {args:?}"))?;
+    anyhow::ensure!(status.success(), "{args:?} failed");
+    Ok(())
+}
+
+fn run_in_private_netns(sources: &[u32], rounds: usize, repeat: u32) -> anyhow::Result<CostResult> {
     let v4_pass = ip("10.127.0.1");
     let v4_drop = ip("10.127.0.2");
     let v6_pass = ip("2001:db8:ffff:1::1");
     let v6_drop = ip("2001:db8:ffff:2::1");
     let d4 = ip("192.0.2.1");
     let d6 = ip("2001:db8::1");
+    let v4_forged = ip("10.127.0.3");
     let pl = [0u8; 18];
     let f = |src, dst, vlan, l4, port, payload: &[u8]| {
         frames::build(src, dst, vlan, l4, port, payload).bytes
     };
+    sh(&["ip", "link", "set", "lo", "up"])?;
+    sh(&[
+        "ip",
+        "-4",
+        "route",
+        "add",
+        "local",
+        "0.0.0.0/0",
+        "dev",
+        "lo",
+    ])?;
+    let listener = TcpListener::bind(SocketAddr::new(d4, PORT)).context("listen")?;
+    let _connections = [v4_pass, v4_drop]
+        .map(|src| connect(SocketAddr::new(src, frames::SPORT), &listener))
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("loopback connections for the TCP cases")?;
     use Prog::*;
     let cases = vec![
         Case {
@@ -147,6 +207,34 @@ pub fn run(sources: &[u32], rounds: usize, repeat: u32) -> anyhow::Result<CostRe
             mode: count_mode::SYN,
             frame: f(v4_pass, d4, None, L4::Syn, PORT, &[]),
             expect: 2,
+        },
+        Case {
+            name: "IPv4 TCP payload pass, no lookup (packets mode)",
+            prog: MonitorXdp,
+            mode: count_mode::PACKETS,
+            frame: f(v4_pass, d4, None, L4::Data, PORT, &pl),
+            expect: 2,
+        },
+        Case {
+            name: "IPv4 TCP payload pass, connection found (payload mode)",
+            prog: MonitorXdp,
+            mode: count_mode::PAYLOAD,
+            frame: f(v4_pass, d4, None, L4::Data, PORT, &pl),
+            expect: 2,
+        },
+        Case {
+            name: "IPv4 TCP forged payload, no connection (payload mode)",
+            prog: MonitorXdp,
+            mode: count_mode::PAYLOAD,
+            frame: f(v4_forged, d4, None, L4::Data, PORT, &pl),
+            expect: 2,
+        },
+        Case {
+            name: "TC IPv4 TCP payload pass, connection found (payload mode)",
+            prog: MonitorTc,
+            mode: count_mode::PAYLOAD,
+            frame: f(v4_pass, d4, None, L4::Data, PORT, &pl),
+            expect: 0,
         },
         Case {
             name: "IPv4 TCP http request pass (http mode)",

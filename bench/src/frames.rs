@@ -3,6 +3,9 @@
 
 use std::net::IpAddr;
 
+/// The source port of every frame.
+pub const SPORT: u16 = 40000;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum L4 {
     Udp,
@@ -44,7 +47,7 @@ pub fn build(
     let mut seg = Vec::new();
     let proto = match l4 {
         L4::Udp => {
-            seg.extend_from_slice(&40000u16.to_be_bytes());
+            seg.extend_from_slice(&SPORT.to_be_bytes());
             seg.extend_from_slice(&dport.to_be_bytes());
             seg.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
             seg.extend_from_slice(&[0, 0]);
@@ -52,7 +55,7 @@ pub fn build(
             17u8
         }
         L4::Syn | L4::Data => {
-            seg.extend_from_slice(&40000u16.to_be_bytes());
+            seg.extend_from_slice(&SPORT.to_be_bytes());
             seg.extend_from_slice(&dport.to_be_bytes());
             seg.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, if l4 == L4::Syn { 0 } else { 1 }]);
             seg.push(5 << 4);

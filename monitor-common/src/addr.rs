@@ -1,7 +1,12 @@
 //! Source addresses as map keys.
 //!
-//! IPv4 is stored as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), so one hash map and one
-//! LPM trie serve both families, and an IPv4 prefix of length `L` is the mapped prefix `96 + L`.
+//! IPv4 is stored as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), so one hash map serves
+//! both families. The families never meet in it: the kernel program does not take an IPv6
+//! packet whose source is IPv4-mapped as an IPv6 source (Linux drops those in `ip6_rcv_core`),
+//! so only IPv4 packets make keys under `::ffff:0:0/96`, whatever the IPv6 prefix length.
+//!
+//! The allow and deny tries key on [`ListAddr`]: a family tag before the address, so that no
+//! IPv6 prefix (not even `::/0`) can contain an IPv4 source, and no IPv4 prefix an IPv6 one.
 
 /// Bytes 0..12 of every IPv4-mapped IPv6 address.
 pub const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
@@ -48,8 +53,15 @@ impl AddrKey {
         }
     }
 
+    /// Whether the address lies in `::ffff:0:0/96` (IPv4 in mapped form).
+    #[inline(always)]
     pub fn is_v4(&self) -> bool {
-        self.addr[..12] == V4_MAPPED_PREFIX
+        // Two word compares: bytes 0..8 are zero and bytes 8..12 are 0, 0, ff, ff.
+        const MASK: u64 = u64::from_ne_bytes([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+        const MARK: u64 = u64::from_ne_bytes([0, 0, 0xff, 0xff, 0, 0, 0, 0]);
+        // SAFETY: [u8; 16] and [u64; 2] have the same size and every bit pattern is valid.
+        let [hi, lo]: [u64; 2] = unsafe { core::mem::transmute(self.addr) };
+        hi == 0 && lo & MASK == MARK
     }
 
     /// This address with everything after the first `bits` bits cleared (bits over the whole
@@ -59,6 +71,44 @@ impl AddrKey {
         // SAFETY: [u8; 16] and [u64; 2] have the same size and every bit pattern is valid.
         let [hi, lo]: [u64; 2] = unsafe { core::mem::transmute(self.addr) };
         Self::from_words(hi & mask.hi, lo & mask.lo)
+    }
+}
+
+/// Family tags of [`ListAddr`].
+pub mod family {
+    pub const V4: [u8; 4] = [0, 0, 0, 4];
+    pub const V6: [u8; 4] = [0, 0, 0, 6];
+}
+
+/// Bits of the family tag that lead every allow/deny trie key.
+pub const LIST_FAMILY_BITS: u32 = 32;
+
+/// The data of an allow/deny LPM trie key: a family tag, then the address (IPv4 in mapped
+/// form). A prefix of `L` bits of one family is the trie prefix `32 + L` (IPv6) or
+/// `32 + 96 + L` (IPv4), so it always includes the whole tag and matches only its own family.
+/// A packet's source is looked up at the full `LIST_KEY_BITS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ListAddr {
+    pub family: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+/// Prefix length of a whole address in a list key (tag and 128 address bits).
+pub const LIST_KEY_BITS: u32 = LIST_FAMILY_BITS + 128;
+
+impl ListAddr {
+    /// The list key of a (mapped) address; `is_v4` comes from the packet, not the address.
+    #[inline(always)]
+    pub const fn new(key: &AddrKey, is_v4: bool) -> Self {
+        Self {
+            family: if is_v4 { family::V4 } else { family::V6 },
+            addr: key.addr,
+        }
+    }
+
+    pub fn is_v4(&self) -> bool {
+        self.family == family::V4
     }
 }
 
@@ -123,6 +173,22 @@ mod tests {
         );
         assert_eq!(key.masked(&AddrMask::v4(32)), key);
         assert_eq!(key.masked(&AddrMask::v4(0)), AddrKey::from_v4([0, 0, 0, 0]));
+    }
+
+    #[test]
+    fn only_mapped_addresses_are_v4() {
+        assert!(AddrKey::from_v4([0, 0, 0, 0]).is_v4());
+        assert!(AddrKey::from_v4([255, 255, 255, 255]).is_v4());
+        let mut a = [0u8; 16];
+        a[10] = 0xff;
+        a[11] = 0xff;
+        assert!(AddrKey::from_v6(a).is_v4());
+        a[11] = 0xfe;
+        assert!(!AddrKey::from_v6(a).is_v4());
+        a[11] = 0xff;
+        a[0] = 0x20;
+        assert!(!AddrKey::from_v6(a).is_v4());
+        assert!(!AddrKey::from_v6([0; 16]).is_v4());
     }
 
     #[test]

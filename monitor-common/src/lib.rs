@@ -19,8 +19,14 @@ pub mod stats;
 #[cfg(feature = "user")]
 mod pod {
     //! Map values must be `Pod` for aya; only user space needs it.
-    use crate::{addr::AddrKey, config::Config, event::Event, maps::*};
+    use crate::{
+        addr::{AddrKey, ListAddr},
+        config::Config,
+        event::Event,
+        maps::*,
+    };
     unsafe impl aya::Pod for AddrKey {}
+    unsafe impl aya::Pod for ListAddr {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Bucket {}
     unsafe impl aya::Pod for Ban {}

@@ -17,6 +17,9 @@ pub const MAP_EVENTS: &str = "MON_EVENTS";
 pub const MAP_FLEET_CONFIG: &str = "MON_FLEET_CFG";
 /// Fleet mode: sources counted in the current fleet interval (`FleetCount`).
 pub const MAP_FLEET_HITTERS: &str = "MON_FLEET_HH";
+/// Per-CPU scratch space for the kernel program's parsed packet (never read by user space,
+/// never pinned, so not in `ALL_MAPS`). See `monitor-ebpf/src/classify.rs`.
+pub const MAP_SCRATCH: &str = "MON_SCRATCH";
 
 /// Every map, for pinning and adoption.
 pub const ALL_MAPS: [&str; 11] = [

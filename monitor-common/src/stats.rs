@@ -52,6 +52,10 @@ stats! {
     EventsLost = "events_lost",
     /// The bucket CAS lost its race too often; the request was admitted (fail open).
     CasExhausted = "cas_exhausted",
+    /// In `payload` and `http` modes: TCP segments that would have been requests but belong to
+    /// no connection of this host (forged, stale, or matching only a listener): passed, not
+    /// counted. Also counted in `not_counted`.
+    Unconnected = "unconnected",
 }
 
 pub const STAT_COUNT: u32 = Stat::ALL.len() as u32;

@@ -22,9 +22,10 @@ use monitor_common::{
 };
 
 use crate::{
+    conn,
     frame::Frame,
     limit::{Charge, charge_bucket, charge_key, insert_new},
-    maps::{MON_AGGS, MON_CONFIG, MON_PORTS, MON_SOURCES, count},
+    maps::{MON_AGGS, MON_CONFIG, MON_PORTS, MON_SCRATCH, MON_SOURCES, count},
     parse::{IPPROTO_TCP, ParseError, Parsed, TCP_FLAG_ACK, TCP_FLAG_SYN, Transport, parse},
     policy,
 };
@@ -58,6 +59,20 @@ pub fn classify<F: Frame>(frame: &F) -> Verdict {
         }
         Parsed::NotIp | Parsed::OtherProtocol => return not_monitored(),
     };
+    // The verifier walks everything below once per distinct state it arrives with, and every
+    // header layout the parser accepts arrives with its own known offsets and lengths. Passed
+    // through per-CPU map memory, they become plain unknown numbers (the verifier does not
+    // track values stored in maps), so the walks coincide and prune: without this the program
+    // went over the verifier's million-instruction budget. Costs one per-CPU array slot and
+    // a copy of `Transport`.
+    let Some(slot) = MON_SCRATCH.get_ptr_mut(0) else {
+        return malformed();
+    };
+    // SAFETY: this CPU's own slot, written before it is read, within this one program run.
+    let pkt = unsafe {
+        slot.write(pkt);
+        &*slot
+    };
     let want = if pkt.proto == IPPROTO_TCP {
         port_flags::TCP
     } else {
@@ -75,7 +90,7 @@ pub fn classify<F: Frame>(frame: &F) -> Verdict {
     };
     count(Stat::Monitored);
     let now = unsafe { bpf_ktime_get_ns() };
-    let verdict = decide(frame, &pkt, cfg, now);
+    let verdict = decide(frame, pkt, cfg, now);
     count(match verdict {
         Verdict::Pass => Stat::Passed,
         Verdict::Drop => Stat::Dropped,
@@ -111,15 +126,15 @@ fn over_limit(cfg: &Config, reason: Stat) -> Verdict {
 #[inline(always)]
 fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: u64) -> Verdict {
     let src = &pkt.src;
-    if cfg.flags & config_flags::HAS_ALLOW != 0 && policy::allowlisted(src, now) {
+    if cfg.flags & config_flags::HAS_ALLOW != 0 && policy::allowlisted(src, pkt.is_v4, now) {
         count(Stat::Allowlisted);
         return Verdict::Pass;
     }
-    if cfg.flags & config_flags::HAS_DENY != 0 && policy::denylisted(src, now) {
+    if cfg.flags & config_flags::HAS_DENY != 0 && policy::denylisted(src, pkt.is_v4, now) {
         count(Stat::DroppedDeny);
         return Verdict::Drop;
     }
-    let request = is_request(frame, pkt, cfg);
+    let request = is_request(pkt, cfg);
     let (source_mask, agg_mask) = if pkt.is_v4 {
         (&cfg.v4_source_mask, &cfg.v4_agg_mask)
     } else {
@@ -127,7 +142,8 @@ fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: u64) -> Verdi
     };
     let key = src.masked(source_mask);
 
-    let (charge, bucket) = match MON_SOURCES.get_ptr_mut(key) {
+    let bucket = MON_SOURCES.get_ptr_mut(key);
+    match bucket {
         Some(bucket) => {
             if request {
                 crate::fleet::note(&key, bucket, now);
@@ -141,12 +157,6 @@ fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: u64) -> Verdi
                 }
                 return over_limit(cfg, Stat::DroppedBan);
             }
-            if !request {
-                count(Stat::NotCounted);
-                return Verdict::Pass;
-            }
-            count(Stat::Requests);
-            (charge_bucket(bucket, &cfg.source, now), Some(bucket))
         }
         None => {
             // No bucket: a new source, or one a flood evicted. Its ban, if any, is in MON_BANS.
@@ -155,13 +165,18 @@ fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: u64) -> Verdi
                 policy::restore_banned_bucket(&key, ban_until, request);
                 return over_limit(cfg, Stat::DroppedBan);
             }
-            if !request {
-                count(Stat::NotCounted);
-                return Verdict::Pass;
-            }
-            count(Stat::Requests);
-            insert_new(&MON_SOURCES, &key, &cfg.source, now)
         }
+    }
+    // One place for the connection check (after the ban checks, so a banned source's packets
+    // cost no lookup): the verifier walks it once, not once per bucket outcome.
+    if !request || !connected(frame, pkt, cfg) || !http_line(frame, pkt, cfg) {
+        count(Stat::NotCounted);
+        return Verdict::Pass;
+    }
+    count(Stat::Requests);
+    let (charge, bucket) = match bucket {
+        Some(bucket) => (charge_bucket(bucket, &cfg.source, now), Some(bucket)),
+        None => insert_new(&MON_SOURCES, &key, &cfg.source, now),
     };
 
     if charge == Charge::Refused {
@@ -274,18 +289,48 @@ fn event(
     }
 }
 
-/// Whether this packet is one request in the configured counting mode.
+/// Whether this packet is one request in the configured counting mode, before the connection
+/// check. The first fragment of a fragmented segment or datagram is one request in every mode
+/// (UDP in `http` mode excepted, which never counts): it carries the ports, nothing reassembles
+/// without it, and its own payload may be cut anywhere, even before the end of the header.
 #[inline(always)]
-fn is_request<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config) -> bool {
+fn is_request(pkt: &Transport, cfg: &Config) -> bool {
     let tcp = pkt.proto == IPPROTO_TCP;
+    if pkt.first_fragment {
+        return tcp || cfg.count_mode != count_mode::HTTP;
+    }
     match cfg.count_mode {
         count_mode::SYN => {
             !tcp || (pkt.tcp_flags & TCP_FLAG_SYN != 0 && pkt.tcp_flags & TCP_FLAG_ACK == 0)
         }
         count_mode::PACKETS => true,
-        count_mode::HTTP => tcp && pkt.payload_len > 0 && http_request(frame, pkt, cfg),
+        // The request line itself is checked last (`http_line`), after the ban and connection
+        // checks: the verifier's walk of the matcher then continues into nothing but charging.
+        count_mode::HTTP => tcp && pkt.payload_len > 0,
         _ => !tcp || pkt.payload_len > 0,
     }
+}
+
+/// In `http` mode, whether the segment begins a request line; true in every other mode, and
+/// for a first fragment (whose payload may stop anywhere).
+#[inline(always)]
+fn http_line<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config) -> bool {
+    cfg.count_mode != count_mode::HTTP || pkt.first_fragment || http_request(frame, pkt, cfg)
+}
+
+/// In the modes that count TCP payload, a TCP request counts only if it belongs to a connection
+/// of this host (`conn`); `syn` and `packets` count what they see. Counts `unconnected`.
+#[inline(always)]
+fn connected<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config) -> bool {
+    if pkt.proto != IPPROTO_TCP
+        || cfg.count_mode == count_mode::SYN
+        || cfg.count_mode == count_mode::PACKETS
+        || conn::belongs(frame, pkt)
+    {
+        return true;
+    }
+    count(Stat::Unconnected);
+    false
 }
 
 #[inline(always)]

@@ -19,7 +19,8 @@ pub trait Frame {
     fn len(&self) -> usize;
     /// Copies `len` (1..=buf.len()) bytes at `offset` into `buf`. False if out of range.
     fn load_bytes(&self, offset: usize, buf: &mut [u8], len: usize) -> bool;
-    /// Tries to make the first `len` bytes directly readable; true if it changed anything.
+    /// Tries to make the first `len` bytes (or the whole packet, if shorter) directly readable;
+    /// true if it changed anything.
     fn pull(&self, len: usize) -> bool;
 }
 
@@ -100,7 +101,10 @@ impl Frame for TcFrame<'_> {
     }
     #[inline(always)]
     fn pull(&self, len: usize) -> bool {
+        // Asking for more than the packet holds fails, so a short non-linear skb asks for all.
+        let whole = self.len();
+        let want = if len < whole { len } else { whole };
         let linear = self.end() - self.start();
-        linear < len && linear < self.len() && self.0.pull_data(len as u32).is_ok()
+        linear < want && self.0.pull_data(want as u32).is_ok()
     }
 }

@@ -15,6 +15,7 @@ mod atomic;
 mod classify;
 #[cfg(target_arch = "bpf")]
 mod fleet;
+mod conn;
 #[cfg(target_arch = "bpf")]
 mod frame;
 #[cfg(target_arch = "bpf")]

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use monitor_common::{
-    addr::AddrKey,
+    addr::{AddrKey, ListAddr},
     config::Config,
     maps::{
         Ban, Bucket, DEFAULT_MAX_AGGREGATES, DEFAULT_MAX_SOURCES, EVENTS_BYTES, ListEntry,
@@ -39,12 +39,16 @@ pub static MON_AGGS: LruHashMap<AddrKey, Bucket> =
 pub static MON_BANS: HashMap<AddrKey, Ban> = HashMap::with_max_entries(MAX_BANS, 0);
 
 #[map]
-pub static MON_ALLOW: LpmTrie<[u8; 16], ListEntry> =
+pub static MON_ALLOW: LpmTrie<ListAddr, ListEntry> =
     LpmTrie::with_max_entries(MAX_LIST_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static MON_DENY: LpmTrie<[u8; 16], ListEntry> =
+pub static MON_DENY: LpmTrie<ListAddr, ListEntry> =
     LpmTrie::with_max_entries(MAX_LIST_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// One parsed packet per CPU (see `classify`): `parse::Transport` as 8-byte words.
+#[map]
+pub static MON_SCRATCH: PerCpuArray<crate::parse::Transport> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static MON_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);

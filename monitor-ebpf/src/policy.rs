@@ -2,7 +2,7 @@
 
 use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
 use monitor_common::{
-    addr::AddrKey,
+    addr::{AddrKey, LIST_KEY_BITS, ListAddr},
     event::Event,
     maps::{Ban, Bucket, ListEntry},
     stats::Stat,
@@ -18,21 +18,21 @@ use crate::{
 const EVENT_SPACING_NS: u64 = 1_000_000_000;
 
 #[inline(always)]
-fn listed(trie: &LpmTrie<[u8; 16], ListEntry>, src: &AddrKey, now: u64) -> bool {
-    match trie.get(Key::new(128, src.addr)) {
+fn listed(trie: &LpmTrie<ListAddr, ListEntry>, src: &AddrKey, is_v4: bool, now: u64) -> bool {
+    match trie.get(Key::new(LIST_KEY_BITS, ListAddr::new(src, is_v4))) {
         Some(entry) => entry.expires_ns == 0 || entry.expires_ns > now,
         None => false,
     }
 }
 
 #[inline(always)]
-pub fn allowlisted(src: &AddrKey, now: u64) -> bool {
-    listed(&MON_ALLOW, src, now)
+pub fn allowlisted(src: &AddrKey, is_v4: bool, now: u64) -> bool {
+    listed(&MON_ALLOW, src, is_v4, now)
 }
 
 #[inline(always)]
-pub fn denylisted(src: &AddrKey, now: u64) -> bool {
-    listed(&MON_DENY, src, now)
+pub fn denylisted(src: &AddrKey, is_v4: bool, now: u64) -> bool {
+    listed(&MON_DENY, src, is_v4, now)
 }
 
 /// The ban deadline a bucket carries, clearing it (and the authoritative `MON_BANS` entry)

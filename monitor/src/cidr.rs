@@ -1,9 +1,10 @@
 //! CIDR prefixes as operators write them (`203.0.113.0/24`, `2001:db8::/48`, or a bare
-//! address), and their form in the kernel's LPM tries (IPv4 in mapped space).
+//! address), and their form in the kernel's maps: IPv4 in mapped space for source keys, and a
+//! family-tagged key in the allow/deny tries so that the families never match each other.
 
 use std::{fmt, net::IpAddr, str::FromStr};
 
-use monitor_common::addr::{AddrKey, AddrMask, V4_MAPPED_BITS};
+use monitor_common::addr::{AddrKey, AddrMask, LIST_FAMILY_BITS, ListAddr, V4_MAPPED_BITS};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Cidr {
@@ -21,6 +22,10 @@ pub enum CidrError {
     Length { input: String, len: u32, max: u8 },
     #[error("invalid CIDR {input:?}: host bits are set; did you mean {suggestion}?")]
     HostBits { input: String, suggestion: String },
+    #[error(
+        "invalid CIDR {input:?}: an IPv4-mapped IPv6 range never matches (Linux drops IPv6 packets from such sources); write it as IPv4: {suggestion}"
+    )]
+    V4Mapped { input: String, suggestion: String },
 }
 
 impl Cidr {
@@ -51,6 +56,35 @@ impl Cidr {
         }
     }
 
+    /// The prefix as an allow/deny trie key: (family tag, mapped address) and its length there.
+    pub fn to_list_key(&self) -> (ListAddr, u32) {
+        let (key, mapped_len) = self.to_mapped();
+        let list = ListAddr::new(&key, self.addr.is_ipv4());
+        (list, LIST_FAMILY_BITS + mapped_len)
+    }
+
+    /// The inverse of `to_list_key`; `None` for a key this program never writes.
+    pub fn from_list_key(key: &ListAddr, len: u32) -> Option<Self> {
+        let mapped_len = len.checked_sub(LIST_FAMILY_BITS)?;
+        let addr = AddrKey { addr: key.addr };
+        if key.is_v4() {
+            if mapped_len < V4_MAPPED_BITS as u32 || !addr.is_v4() {
+                return None;
+            }
+        } else if key.family != monitor_common::addr::family::V6 {
+            return None;
+        }
+        let cidr = if key.is_v4() {
+            Self::from_mapped(&addr, mapped_len)
+        } else {
+            Self {
+                addr: IpAddr::from(key.addr),
+                len: mapped_len.min(128) as u8,
+            }
+        };
+        Some(cidr)
+    }
+
     /// A masked kernel key (source or aggregate) with its prefix length in family terms.
     pub fn from_key(key: &AddrKey, family_len: u8) -> Self {
         if key.is_v4() {
@@ -60,7 +94,11 @@ impl Cidr {
         }
     }
 
+    /// Whether `addr` lies in the prefix; never across families (`::/0` holds no IPv4 address).
     pub fn contains(&self, addr: IpAddr) -> bool {
+        if self.addr.is_ipv4() != addr.is_ipv4() {
+            return false;
+        }
         let (net, len) = self.to_mapped();
         let (other, _) = Cidr {
             addr,
@@ -101,6 +139,19 @@ impl FromStr for Cidr {
             }
         };
         let cidr = Cidr { addr, len };
+        if let IpAddr::V6(v6) = addr
+            && let Some(v4) = v6.to_ipv4_mapped()
+        {
+            // Inside ::ffff:0:0/96: no IPv6 source lives there, so say what was meant.
+            let suggestion = Cidr {
+                addr: IpAddr::V4(v4),
+                len: len.saturating_sub(V4_MAPPED_BITS),
+            };
+            return Err(CidrError::V4Mapped {
+                input: input.to_string(),
+                suggestion: suggestion.to_string(),
+            });
+        }
         let (key, mapped_len) = cidr.to_mapped();
         let masked = key.masked(&AddrMask::from_bits(mapped_len as u8));
         if masked != key {
@@ -170,6 +221,56 @@ mod tests {
             "10.0.0.1/24".parse::<Cidr>().unwrap_err().to_string(),
             "invalid CIDR \"10.0.0.1/24\": host bits are set; did you mean 10.0.0.0/24?"
         );
+    }
+
+    #[test]
+    fn families_never_contain_each_other() {
+        let all6: Cidr = "::/0".parse().unwrap();
+        assert!(!all6.contains("203.0.113.7".parse().unwrap()));
+        assert!(all6.contains("2001:db8::1".parse().unwrap()));
+        let all4: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(!all4.contains("::ffff:203.0.113.7".parse().unwrap()));
+        assert!(!all4.contains("::1".parse().unwrap()));
+        // The trie keys differ in the family tag, which every prefix covers in full.
+        let (k6, l6) = all6.to_list_key();
+        let (k4, l4) = all4.to_list_key();
+        assert_eq!((l6, l4), (32, 32 + 96));
+        assert_ne!(k6.family, k4.family);
+    }
+
+    #[test]
+    fn v4_mapped_ranges_are_refused_with_the_ipv4_form() {
+        assert_eq!(
+            "::ffff:10.0.0.0/104".parse::<Cidr>().unwrap_err(),
+            CidrError::V4Mapped {
+                input: "::ffff:10.0.0.0/104".into(),
+                suggestion: "10.0.0.0/8".into()
+            }
+        );
+        assert!(
+            "::ffff:0:0/96"
+                .parse::<Cidr>()
+                .unwrap_err()
+                .to_string()
+                .contains("0.0.0.0/0")
+        );
+        // A range that merely contains the mapped space is an ordinary IPv6 range.
+        assert!("::/64".parse::<Cidr>().is_ok());
+    }
+
+    #[test]
+    fn list_key_round_trip() {
+        for text in [
+            "0.0.0.0/0",
+            "192.0.2.0/24",
+            "198.51.100.7/32",
+            "::/0",
+            "2001:db8::/48",
+        ] {
+            let c: Cidr = text.parse().unwrap();
+            let (key, len) = c.to_list_key();
+            assert_eq!(Cidr::from_list_key(&key, len), Some(c), "{text}");
+        }
     }
 
     #[test]

@@ -199,9 +199,19 @@ pub struct Layer {
     pub burst: Option<u64>,
     /// What counts as one request [default: payload].
     ///
-    /// `syn` and `packets` count packets whose source address an off-path spoofer can forge,
-    /// so with --ban a spoofer can get real clients banned (the daemon warns). `syn` counts
-    /// connections, not requests: a keep-alive client sends many requests per connection.
+    /// payload: a TCP segment carrying data on a connection this host has (a segment that
+    /// belongs to no connection passes uncounted, counted as `unconnected`), or a UDP datagram.
+    ///
+    /// http: such a segment that begins an HTTP/1.x request line.
+    ///
+    /// syn: a new TCP connection (a SYN), which is not a request: a keep-alive client sends
+    /// many requests per connection (a load tool scraping over keep-alive ran at about 190/s
+    /// against a 20/s limit in syn mode).
+    ///
+    /// packets: every packet to a protected port.
+    ///
+    /// syn and packets count what an off-path sender can forge with any source address (as
+    /// does UDP in every mode): with --ban, forged packets can get that address banned.
     #[arg(long, value_name = "syn|packets|payload|http")]
     pub count: Option<CountMode>,
     /// With --count http: count only requests whose path starts with PREFIX.

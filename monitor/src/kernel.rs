@@ -13,7 +13,7 @@ use aya::{
     programs::{ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use monitor_common::{
-    addr::AddrKey,
+    addr::{AddrKey, ListAddr},
     config::Config,
     maps::{
         ALL_MAPS, Ban, Bucket, FleetConfig, FleetCount, ListEntry, MAP_AGGREGATES, MAP_ALLOW,
@@ -706,18 +706,18 @@ impl Kernel {
 
     pub fn list_insert(&mut self, list: List, cidr: &Cidr, expires_ns: u64) -> Result<()> {
         let name = list.map_name();
-        let mut trie: LpmTrie<&mut MapData, [u8; 16], ListEntry> = self.typed_mut(name)?;
-        let (key, len) = cidr.to_mapped();
-        trie.insert(&Key::new(len, key.addr), ListEntry { expires_ns }, 0)
+        let mut trie: LpmTrie<&mut MapData, ListAddr, ListEntry> = self.typed_mut(name)?;
+        let (key, len) = cidr.to_list_key();
+        trie.insert(&Key::new(len, key), ListEntry { expires_ns }, 0)
             .map_err(Self::map_err(name))
     }
 
     /// Removes an entry; false when it was not there.
     pub fn list_remove(&mut self, list: List, cidr: &Cidr) -> Result<bool> {
         let name = list.map_name();
-        let mut trie: LpmTrie<&mut MapData, [u8; 16], ListEntry> = self.typed_mut(name)?;
-        let (key, len) = cidr.to_mapped();
-        match trie.remove(&Key::new(len, key.addr)) {
+        let mut trie: LpmTrie<&mut MapData, ListAddr, ListEntry> = self.typed_mut(name)?;
+        let (key, len) = cidr.to_list_key();
+        match trie.remove(&Key::new(len, key)) {
             Ok(()) => Ok(true),
             Err(MapError::KeyNotFound) => Ok(false),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
@@ -729,12 +729,15 @@ impl Kernel {
 
     pub fn list_entries(&self, list: List) -> Result<Vec<(Cidr, ListEntry)>> {
         let name = list.map_name();
-        let trie: LpmTrie<&MapData, [u8; 16], ListEntry> = self.typed(name)?;
+        let trie: LpmTrie<&MapData, ListAddr, ListEntry> = self.typed(name)?;
         let mut out = Vec::new();
         for item in trie.iter() {
             let (key, entry) = item.map_err(Self::map_err(name))?;
-            let addr = AddrKey { addr: key.data() };
-            out.push((Cidr::from_mapped(&addr, key.prefix_len()), entry));
+            // Keys come only from `list_insert`; one in another layout (a pin from an older
+            // build) is skipped rather than shown as a prefix it is not.
+            if let Some(cidr) = Cidr::from_list_key(&key.data(), key.prefix_len()) {
+                out.push((cidr, entry));
+            }
         }
         out.sort_by_key(|(c, _)| *c);
         Ok(out)

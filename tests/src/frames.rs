@@ -21,6 +21,7 @@ pub const IPPROTO_ROUTING: u8 = 43;
 pub const IPPROTO_FRAGMENT: u8 = 44;
 pub const IPPROTO_ICMPV6: u8 = 58;
 pub const IPPROTO_DSTOPTS: u8 = 60;
+pub const IPPROTO_AH: u8 = 51;
 
 #[derive(Clone, Debug)]
 pub enum L4 {
@@ -38,7 +39,8 @@ pub enum L4 {
 
 /// A frame to build. IPv6 extension headers are listed in order as (protocol number, total
 /// length in bytes, a multiple of 8); a fragment header (44) is always 8 bytes and takes its
-/// offset from `v6_fragment_offset`.
+/// offset from `v6_fragment_offset`; an authentication header (51) writes its length in its
+/// own 4-byte unit.
 #[derive(Clone, Debug)]
 pub struct Frame {
     pub vlan_tags: Vec<u16>,
@@ -50,6 +52,8 @@ pub struct Frame {
     pub v6_extensions: Vec<(u8, usize)>,
     /// Offset (8-byte units) written into a v6 fragment header, if one is in `v6_extensions`.
     pub v6_fragment_offset: u16,
+    /// The more-fragments flag of that header.
+    pub v6_more_fragments: bool,
     pub l4: L4,
     pub payload: Vec<u8>,
 }
@@ -70,6 +74,7 @@ impl Frame {
             v4_fragment: None,
             v6_extensions: Vec::new(),
             v6_fragment_offset: 0,
+            v6_more_fragments: false,
             l4: L4::Tcp {
                 dport,
                 flags,
@@ -129,6 +134,12 @@ impl Frame {
     /// The offset (8-byte units) written into the IPv6 fragment header.
     pub fn with_v6_fragment_offset(mut self, offset: u16) -> Self {
         self.v6_fragment_offset = offset;
+        self
+    }
+
+    /// Sets the more-fragments flag of the IPv6 fragment header.
+    pub fn with_v6_more_fragments(mut self) -> Self {
+        self.v6_more_fragments = true;
         self
     }
 
@@ -233,7 +244,12 @@ impl Frame {
                     ext[0] = next;
                     if *kind == 44 {
                         assert_eq!(*len, 8);
-                        ext[2..4].copy_from_slice(&(self.v6_fragment_offset << 3).to_be_bytes());
+                        let field = self.v6_fragment_offset << 3 | self.v6_more_fragments as u16;
+                        ext[2..4].copy_from_slice(&field.to_be_bytes());
+                    } else if *kind == IPPROTO_AH {
+                        // AH counts 4-byte words, less 2; in IPv6 it spans whole 8-byte units.
+                        assert!(len.is_multiple_of(8) && *len >= 16);
+                        ext[1] = (len / 4 - 2) as u8;
                     } else {
                         assert!(len.is_multiple_of(8) && *len >= 8);
                         ext[1] = (len / 8 - 1) as u8;

@@ -6,11 +6,13 @@ use aya::programs::{ProgramError, TestRun, TestRunOptions};
 use monitor::kernel::{Kernel, LoadOptions, Stats};
 use monitor_common::{
     addr::{AddrKey, AddrMask},
-    config::{Config, port_flags},
+    config::{Config, count_mode, port_flags},
     maps::Bucket,
     rate::{Limit, NANOS_PER_SEC},
     stats::Stat,
 };
+
+use crate::conns::{Conns, ThreadNetns, tcp_tuple};
 
 /// The attach points; every classifier test runs on both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,8 +32,17 @@ pub enum Verdict {
 /// The port tests monitor unless they say otherwise.
 pub const LOOKUP_PORT: u16 = 8443;
 
+/// The loaded object, run from a thread in a private network namespace (see `conns`).
+///
+/// `run` and its relatives give every TCP frame a real connection with its exact addresses
+/// and ports first, when the live counting mode is one that counts only segments of real
+/// connections (`payload`, `http`): the frames stand for a real client's segments.
+/// `run_spoofed` sends a frame with no connection behind it, as an off-path forger would.
 pub struct Loaded {
     pub kernel: Kernel,
+    pub conns: Conns,
+    // Dropped last: the sockets above live in it.
+    _netns: ThreadNetns,
 }
 
 impl Loaded {
@@ -42,6 +53,7 @@ impl Loaded {
     }
 
     pub fn with_capacity(config: Config, max_sources: u32) -> Self {
+        let netns = ThreadNetns::enter();
         let mut kernel = Kernel::load(&LoadOptions {
             max_sources,
             pin_dir: None,
@@ -51,11 +63,33 @@ impl Loaded {
         kernel
             .set_port(LOOKUP_PORT, port_flags::TCP | port_flags::UDP)
             .expect("monitor the lookup port");
-        Self { kernel }
+        Self {
+            kernel,
+            conns: Conns::default(),
+            _netns: netns,
+        }
     }
 
     pub fn run(&mut self, hook: Hook, frame: &[u8]) -> Verdict {
         self.run_repeat(hook, frame, 1).0
+    }
+
+    /// Runs a frame with no connection behind it, whatever the counting mode.
+    pub fn run_spoofed(&mut self, hook: Hook, frame: &[u8]) -> Verdict {
+        self.run_test(hook, frame, 1).expect("BPF_PROG_TEST_RUN").0
+    }
+
+    /// Opens the connection a TCP frame belongs to, if the live mode needs one.
+    fn connect_for(&mut self, frame: &[u8]) {
+        let mode = self.config().count_mode;
+        if mode == count_mode::SYN || mode == count_mode::PACKETS {
+            return;
+        }
+        if let Some(tuple) = tcp_tuple(frame)
+            && let Err(why) = self.conns.ensure(tuple)
+        {
+            eprintln!("no connection for {tuple:?}: {why}; the frame runs without one");
+        }
     }
 
     /// Runs one frame `repeat` times; returns the last verdict and the kernel's mean ns per run.
@@ -73,6 +107,16 @@ impl Loaded {
     }
 
     fn try_run_repeat(
+        &mut self,
+        hook: Hook,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(Verdict, u64), ProgramError> {
+        self.connect_for(frame);
+        self.run_test(hook, frame, repeat)
+    }
+
+    fn run_test(
         &mut self,
         hook: Hook,
         frame: &[u8],
