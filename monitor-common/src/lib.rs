@@ -19,9 +19,16 @@ pub mod stats;
 #[cfg(feature = "user")]
 mod pod {
     //! Map values must be `Pod` for aya; only user space needs it.
-    use crate::{addr::AddrKey, config::Config, event::Event, maps::*};
+    use crate::{
+        addr::AddrKey,
+        config::{Config, ConfigSlots},
+        event::Event,
+        maps::*,
+    };
     unsafe impl aya::Pod for AddrKey {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for ConfigSlots {}
+    unsafe impl aya::Pod for KernelState {}
     unsafe impl aya::Pod for Bucket {}
     unsafe impl aya::Pod for Ban {}
     unsafe impl aya::Pod for ListEntry {}

@@ -13,9 +13,13 @@ pub const MAP_BANS: &str = "MON_BANS";
 pub const MAP_ALLOW: &str = "MON_ALLOW";
 pub const MAP_DENY: &str = "MON_DENY";
 pub const MAP_EVENTS: &str = "MON_EVENTS";
+pub const MAP_STATE: &str = "MON_STATE";
+/// Only in objects built with the `test-clock` feature: the `now` the program uses, written
+/// by the test (0 falls back to the real clock). Never pinned, never in a production object.
+pub const MAP_TEST_CLOCK: &str = "MON_TEST_CLOCK";
 
 /// Every map, for pinning and adoption.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 10] = [
     MAP_CONFIG,
     MAP_PORTS,
     MAP_STATS,
@@ -25,6 +29,7 @@ pub const ALL_MAPS: [&str; 9] = [
     MAP_ALLOW,
     MAP_DENY,
     MAP_EVENTS,
+    MAP_STATE,
 ];
 
 pub const PROG_XDP: &str = "monitor_xdp";
@@ -76,3 +81,28 @@ pub struct ListEntry {
     /// Monotonic ns after which the entry is ignored; 0 = permanent. `monitor block --for`.
     pub expires_ns: u64,
 }
+
+/// The kernel's own global rate-limiter state, in `MON_STATE[0]`, shared by every CPU. Each
+/// field is changed only by compare-and-swap, and only when the limiter lets something through
+/// (at most a few thousand times a second), so refused attempts only read it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelState {
+    /// The event budget's window: `(second << EVENT_COUNT_BITS) | events sent in it`, where
+    /// `second` is the monotonic clock in whole seconds.
+    pub event_window: u64,
+    /// When each kind of log record (`log_kind`) was last written.
+    pub log_last_ns: [u64; LOG_KINDS],
+}
+
+/// Bits of `KernelState::event_window` that count events (the rest is the second).
+pub const EVENT_COUNT_BITS: u32 = 24;
+
+/// Kinds of kernel log record about a per-packet condition, each written at most once a second.
+pub mod log_kind {
+    pub const BAN_STARTED: usize = 0;
+    pub const BANS_FULL: usize = 1;
+}
+pub const LOG_KINDS: usize = 2;
+/// A kind of log record is written at most once per this many ns (globally, all CPUs).
+pub const LOG_SPACING_NS: u64 = 1_000_000_000;

@@ -50,8 +50,12 @@ stats! {
     EventsSent = "events_sent",
     /// Events not delivered because the ring buffer was full (the verdict is unaffected).
     EventsLost = "events_lost",
-    /// The bucket CAS lost its race too often; the request was admitted (fail open).
+    /// The bucket CAS lost its race too often; the request was charged with an atomic add
+    /// instead (admitted only if the charge fit within the limit).
     CasExhausted = "cas_exhausted",
+    /// Events withheld by the global event budget (`Config::events_per_sec`): they never
+    /// reached the ring buffer. The sampler still carries every key's totals to the history.
+    EventsSuppressed = "events_suppressed",
 }
 
 pub const STAT_COUNT: u32 = Stat::ALL.len() as u32;

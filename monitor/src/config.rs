@@ -233,6 +233,12 @@ pub struct Layer {
     #[arg(long = "deny", value_name = "CIDR", value_parser = parse_cidr)]
     #[serde(default)]
     pub deny: Vec<Cidr>,
+    /// Global kernel event budget: at most N offender events per second reach the daemon,
+    /// whatever the number of offending sources; half of it is reserved for ban starts.
+    /// Withheld events are counted as events_suppressed; totals still reach the history
+    /// through table sampling [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub events_per_sec: Option<u32>,
     /// Capacity of the tracked-sources table [default: 1000000].
     #[arg(long, value_name = "N")]
     pub max_sources: Option<u32>,
@@ -275,6 +281,8 @@ pub struct Policy {
     pub agg_burst: u64,
     pub v4_agg_prefix: u8,
     pub v6_agg_prefix: u8,
+    /// The kernel's global event budget per second (`Config::events_per_sec`).
+    pub events_per_sec: u32,
 }
 
 /// Everything `monitor run` needs, merged and validated.
@@ -416,6 +424,8 @@ impl Settings {
             agg_burst,
             v4_agg_prefix,
             v6_agg_prefix,
+            events_per_sec: pick(&flags.events_per_sec, &file.events_per_sec)
+                .unwrap_or(kconfig::DEFAULT_EVENTS_PER_SEC),
         };
         policy.validate()?;
         let max_sources = pick(&flags.max_sources, &file.max_sources)
@@ -516,6 +526,13 @@ impl Policy {
                 "invalid --http-path {path:?}: must start with / and be at most {HTTP_PATH_MAX} ASCII bytes"
             )));
         }
+        if self.events_per_sec > kconfig::MAX_EVENTS_PER_SEC {
+            return Err(invalid(format!(
+                "invalid --events-per-sec {}: must be at most {}",
+                self.events_per_sec,
+                kconfig::MAX_EVENTS_PER_SEC
+            )));
+        }
         if self.ban.as_nanos() > u64::MAX as u128 / 4 {
             return Err(invalid(format!(
                 "invalid --ban {}: too long",
@@ -547,6 +564,7 @@ impl Policy {
         c.source = self.source_limit()?;
         c.aggregate = self.aggregate_limit()?;
         c.ban_ns = self.ban.as_nanos() as u64;
+        c.set_event_budget(self.events_per_sec);
         c.count_mode = self.count.kernel();
         c.action = self.action.kernel();
         c.flags = list_flags;

@@ -1,10 +1,11 @@
 //! Rate semantics of the per-source level on both hooks: the burst, the refill, monitor mode,
-//! keying by prefix, and agreement with the user-space twin (`monitor::limit::Twin`) over a
-//! long random sequence of arrivals.
+//! keying by prefix, live limit changes, contention on two CPUs, and exact agreement of the
+//! kernel, the user-space twin (`monitor::limit::Twin`) and an independent reference of the
+//! specification over 100,000 seeded arrivals.
 //!
-//! Time: the program reads the monotonic clock, and the tests read the same clock before and
-//! after each run, so expectations are computed from the instants actually observed rather
-//! than from how long a sleep was meant to take.
+//! Time: tests that depend on it load the `test-clock` build of the object
+//! (`Loaded::clocked`) and set `now` before each arrival, so each row is an exact arrival time
+//! and verdict; nothing sleeps.
 
 use std::{
     collections::HashMap,
