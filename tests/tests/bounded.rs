@@ -245,6 +245,8 @@ fn with_the_ban_table_full_of_live_bans_a_new_offender_is_still_limited() {
             for (at, want) in rows {
                 assert_eq!(k.run_at(hook, &frame, at), want, "{hook:?} {s} at {at}");
             }
+            // The two refusals, a second apart, each wrote a record.
+            assert_eq!(count_records(&mut logs), 2, "{hook:?} {s}: a second apart");
         }
     }
     assert_eq!(k.kernel.bans().unwrap().len(), MAX_BANS as usize);
