@@ -7,7 +7,8 @@ use aya::{
     programs::Xdp,
 };
 
-pub static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench-ebpf"));
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench-ebpf"));
 
 /// Mirrors `bench-ebpf`'s `GenCfg`.
 #[repr(C)]

@@ -179,7 +179,10 @@ mod tests {
         for _ in 1..5 {
             tat = slow.admit(tat, now).unwrap();
         }
-        assert!(!slow.step(tat, now + NANOS_PER_SEC).admitted, "5 minutes spent");
+        assert!(
+            !slow.step(tat, now + NANOS_PER_SEC).admitted,
+            "5 minutes spent"
+        );
         // Under the new limit: one request left, then the new rate.
         let clamped = fast.step(tat, now);
         assert_eq!(
@@ -205,9 +208,21 @@ mod tests {
             let step = fast.step(tat, at);
             assert_eq!(step.tat <= at + fast.tolerance_ns, true);
             if let Some(admitted) = fast.admit(tat, at) {
-                assert_eq!(step, Step { admitted: true, tat: admitted });
+                assert_eq!(
+                    step,
+                    Step {
+                        admitted: true,
+                        tat: admitted
+                    }
+                );
             } else {
-                assert_eq!(step, Step { admitted: false, tat });
+                assert_eq!(
+                    step,
+                    Step {
+                        admitted: false,
+                        tat
+                    }
+                );
             }
             tat = step.tat;
         }

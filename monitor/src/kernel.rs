@@ -315,7 +315,11 @@ impl Kernel {
             })?;
             self.config_map = Some(mapping);
         }
-        let slots = self.config_map.as_ref().map(|m| m.ptr).expect("mapped above");
+        let slots = self
+            .config_map
+            .as_ref()
+            .map(|m| m.ptr)
+            .expect("mapped above");
         // SAFETY: `slots` points at the mapped value. Only this writer stores to it; readers
         // never read the idle slot, and the last call waited for every run that read it while
         // it was live. The index is published with release ordering after the slot's bytes.

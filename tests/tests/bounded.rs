@@ -108,7 +108,11 @@ fn the_event_budget_caps_events_per_second_whatever_the_number_of_offenders() {
         }
         let events = drain(&mut ring);
         assert_eq!(events.len(), 5, "{hook:?}: ban events from the reserve");
-        assert!(events.iter().all(|e| e.kind == kind::BAN && e.ban_until_ns != 0));
+        assert!(
+            events
+                .iter()
+                .all(|e| e.kind == kind::BAN && e.ban_until_ns != 0)
+        );
         let after = k.stats();
         assert_eq!(delta(&before, &after, Stat::BansStarted), 20);
         assert_eq!(delta(&before, &after, Stat::EventsSuppressed), 15);
@@ -147,7 +151,11 @@ fn ban_starts_may_use_the_whole_budget_and_a_zero_budget_sends_nothing() {
             assert_eq!(k.run_at(hook, &frame, second), Verdict::Drop);
         }
         let events = drain(&mut ring);
-        assert_eq!(events.len(), 10, "{hook:?}: ban starts use the whole budget");
+        assert_eq!(
+            events.len(),
+            10,
+            "{hook:?}: ban starts use the whole budget"
+        );
         assert!(events.iter().all(|e| e.kind == kind::BAN));
 
         k.update_config(|c| c.set_event_budget(0));
@@ -187,7 +195,11 @@ fn kernel_log_records_about_per_packet_conditions_are_at_most_one_per_second() {
             assert_eq!(k.run_at(hook, &frame, second + n as u64), Verdict::Drop);
         }
         assert_eq!(delta(&before, &k.stats(), Stat::BansStarted), 100);
-        assert_eq!(count_records(&mut logs), 1, "{hook:?}: 100 bans in one second");
+        assert_eq!(
+            count_records(&mut logs),
+            1,
+            "{hook:?}: 100 bans in one second"
+        );
         // A second later, one more record for the next batch.
         for n in 100..110 {
             let frame = Frame::request(&src(30 + h as u8, n, n % 2 == 0), LOOKUP_PORT).build();
@@ -214,7 +226,9 @@ fn with_the_ban_table_full_of_live_bans_a_new_offender_is_still_limited() {
     );
     for n in 0..MAX_BANS {
         let key = AddrKey::from_v4([100, (n >> 16) as u8, (n >> 8) as u8, n as u8]);
-        k.kernel.set_ban(&key, T0 + 10 * HOUR_NS).expect("fill the ban table");
+        k.kernel
+            .set_ban(&key, T0 + 10 * HOUR_NS)
+            .expect("fill the ban table");
     }
     assert_eq!(k.kernel.bans().unwrap().len(), MAX_BANS as usize);
     let mut logs = log_ring(&mut k);
@@ -230,7 +244,11 @@ fn with_the_ban_table_full_of_live_bans_a_new_offender_is_still_limited() {
                 assert_eq!(k.run_at(hook, &frame, t + i), Verdict::Drop, "{hook:?} {s}");
             }
             let after = k.stats();
-            assert_eq!(delta(&before, &after, Stat::DroppedRate), 100, "{hook:?} {s}");
+            assert_eq!(
+                delta(&before, &after, Stat::DroppedRate),
+                100,
+                "{hook:?} {s}"
+            );
             assert_eq!(delta(&before, &after, Stat::DroppedBan), 0, "{hook:?} {s}");
             assert_eq!(delta(&before, &after, Stat::BansFull), 100, "{hook:?} {s}");
             assert_eq!(delta(&before, &after, Stat::BansStarted), 0, "{hook:?} {s}");
@@ -279,7 +297,8 @@ fn a_config_write_never_touches_the_slot_packets_are_reading() {
         assert_ne!(after.active & 1, before.active & 1, "the index flipped");
         assert_eq!(after.live(), config, "the new config is live");
         assert_eq!(
-            after.slots[(before.active & 1) as usize], previous,
+            after.slots[(before.active & 1) as usize],
+            previous,
             "the slot that was live is untouched"
         );
         assert_eq!(k.config(), *config);
@@ -296,13 +315,21 @@ fn a_config_without_the_magic_or_with_another_version_limits_nothing() {
         source: one_per_minute(),
         ..Config::default()
     });
-    assert_eq!((k.config().magic, k.config().version), (CONFIG_MAGIC, CONFIG_VERSION));
+    assert_eq!(
+        (k.config().magic, k.config().version),
+        (CONFIG_MAGIC, CONFIG_VERSION)
+    );
     for (h, hook) in HOOKS.into_iter().enumerate() {
         let frame = Frame::request(&src(50 + h as u8, 1, false), LOOKUP_PORT).build();
         assert_eq!(k.run_each(hook, &frame, 2), [Verdict::Pass, Verdict::Drop]);
         for (what, change) in [
-            ("no magic", (|c: &mut Config| c.magic = 0) as fn(&mut Config)),
-            ("another version", |c: &mut Config| c.version = CONFIG_VERSION + 1),
+            (
+                "no magic",
+                (|c: &mut Config| c.magic = 0) as fn(&mut Config),
+            ),
+            ("another version", |c: &mut Config| {
+                c.version = CONFIG_VERSION + 1
+            }),
         ] {
             k.update_config(change);
             let before = k.stats();

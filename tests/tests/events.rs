@@ -120,11 +120,22 @@ fn source_events_fire_once_per_key_per_second_with_correct_fields() {
     for (o, first) in offenders.iter().zip(&firsts) {
         k.set_now(first + NANOS_PER_SEC - 1);
         assert_eq!(k.passes(o.hook, &o.frame, 2), 0);
-        assert!(drain(&mut ring).is_empty(), "{:?} {}: an event within its second", o.hook, o.src);
+        assert!(
+            drain(&mut ring).is_empty(),
+            "{:?} {}: an event within its second",
+            o.hook,
+            o.src
+        );
         k.set_now(first + NANOS_PER_SEC);
         assert_eq!(k.passes(o.hook, &o.frame, 2), 0);
         let late = drain(&mut ring);
-        assert_eq!(late.len(), 1, "{:?} {}: one event after its second", o.hook, o.src);
+        assert_eq!(
+            late.len(),
+            1,
+            "{:?} {}: one event after its second",
+            o.hook,
+            o.src
+        );
         // 3 at the first event, 5 more refused, 2 a nanosecond early, then the one that
         // reported (the last of the two is after the event).
         assert_eq!(late[0].requests, 11, "{:?} {}", o.hook, o.src);

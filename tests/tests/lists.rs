@@ -2,7 +2,6 @@
 //! precedence allow > deny > ban > limit, prefixes of several lengths in both families, entry
 //! expiry, and the config flags that tell the kernel a list is worth looking up.
 
-
 use monitor::{cidr::Cidr, clock::kernel_now_ns, kernel::List};
 use monitor_common::{
     config::{Config, config_flags},

@@ -91,7 +91,11 @@ fn a_burst_of_b_passes_and_the_next_request_is_dropped() {
                 let bucket = k.source_bucket(&src).expect("bucket");
                 assert_eq!((bucket.requests, bucket.refused), (burst + 1, 1));
                 // B admissions at one instant: the theoretical arrival time is B intervals on.
-                assert_eq!(bucket.tat_ns, at + burst * limit.interval_ns, "{hook:?} {src}");
+                assert_eq!(
+                    bucket.tat_ns,
+                    at + burst * limit.interval_ns,
+                    "{hook:?} {src}"
+                );
             }
         }
     }
@@ -153,7 +157,11 @@ fn a_source_at_or_under_its_rate_is_never_refused() {
                 // Every gap at least one interval, jittered up to twice that.
                 assert_eq!(k.run_at(hook, &bytes, at), Pass, "{hook:?} jittered {i}");
                 assert_eq!(
-                    k.run_at(hook, &exact, at - at % limit.interval_ns + limit.interval_ns),
+                    k.run_at(
+                        hook,
+                        &exact,
+                        at - at % limit.interval_ns + limit.interval_ns
+                    ),
                     Pass,
                     "{hook:?} exact {i}"
                 );
@@ -215,7 +223,13 @@ fn a_live_limit_change_governs_each_source_from_its_next_request() {
                 hook,
                 &bytes,
                 &format!("{src} at 1/m"),
-                &[(t, Pass), (t, Pass), (t, Pass), (t, Drop), (t + NANOS_PER_SEC, Drop)],
+                &[
+                    (t, Pass),
+                    (t, Pass),
+                    (t, Pass),
+                    (t, Drop),
+                    (t + NANOS_PER_SEC, Drop),
+                ],
             );
             // 200/s, burst 3: 5 ms interval, 15 ms tolerance. Under the old state the source
             // would wait three minutes.
@@ -484,7 +498,11 @@ impl Spec {
         }
         self.at = now;
         let admitted = debt + limit.interval_ns <= limit.tolerance_ns;
-        self.debt = if admitted { debt + limit.interval_ns } else { debt };
+        self.debt = if admitted {
+            debt + limit.interval_ns
+        } else {
+            debt
+        };
         admitted
     }
 }
@@ -567,7 +585,11 @@ fn kernel_twin_and_specification_agree_on_every_verdict_over_100_000_arrivals() 
     }
     for (s, key) in sources.iter().zip(&keys) {
         let bucket = k.source_bucket(s).expect("bucket");
-        assert_eq!(twin.tat(key), Some(bucket.tat_ns), "{s}: kernel state vs twin");
+        assert_eq!(
+            twin.tat(key),
+            Some(bucket.tat_ns),
+            "{s}: kernel state vs twin"
+        );
     }
     println!(
         "{ARRIVALS} arrivals over {} simulated s: {admitted} admitted, {refused} refused, \
@@ -747,7 +769,10 @@ fn one_source_on_two_cpus_at_once_never_overspends() {
             "{hook:?}: {} admitted requests went uncharged",
             admitted as i64 - charged as i64
         );
-        assert!(admitted <= BURST, "{hook:?}: {admitted} admitted, burst {BURST}");
+        assert!(
+            admitted <= BURST,
+            "{hook:?}: {admitted} admitted, burst {BURST}"
+        );
         assert_eq!(
             delta(&before, &after, Stat::DroppedRate),
             2 * PER_CPU as u64 - admitted
