@@ -614,6 +614,14 @@ mod tests {
         let c = s.policy.kernel_config(0).unwrap();
         assert_eq!(c.source.burst(), 40);
         assert_eq!(c.v4_agg_prefix, 24);
+        assert!(c.is_valid(), "carries the magic number and version");
+        assert_eq!((c.events_per_sec, c.events_reserved), (1000, 500));
+        let c = Settings::resolve(&flags(|l| l.events_per_sec = Some(40)), None, None)
+            .unwrap()
+            .policy
+            .kernel_config(0)
+            .unwrap();
+        assert_eq!((c.events_per_sec, c.events_reserved), (40, 20));
     }
 
     #[test]
@@ -677,6 +685,7 @@ mod tests {
             Box::new(|l| l.iface.clear()),
             Box::new(|l| l.port.clear()),
             Box::new(|l| l.v4_prefix = Some(16)),
+            Box::new(|l| l.events_per_sec = Some(kconfig::MAX_EVENTS_PER_SEC + 1)),
             Box::new(|l| {
                 l.allow = vec!["10.0.0.0/8".parse().unwrap()];
                 l.deny = vec!["10.0.0.0/8".parse().unwrap()];

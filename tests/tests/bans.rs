@@ -2,10 +2,7 @@
 //! source on the monitored ports (requests or not) until it expires by timestamp in the kernel,
 //! and survives a spoofed flood that washes the source's own bucket out of the LRU table.
 
-use std::{
-    thread::sleep,
-    time::{Duration, Instant},
-};
+use std::time::Instant;
 
 use monitor::clock::kernel_now_ns;
 use monitor_common::{
