@@ -38,6 +38,10 @@ pub const DEFAULT_RATE: &str = "20/s";
 pub const DEFAULT_BURST: u64 = 40;
 pub const DEFAULT_AGG_RATE: &str = "100/s";
 pub const DEFAULT_AGG_BURST: u64 = 200;
+/// Offender event lines per second before the daemon summarises instead: enough to follow a
+/// handful of offenders line by line, and a flood from a million addresses still writes at
+/// most this many lines plus one summary a second.
+pub const DEFAULT_EVENT_LINES: &str = "20/s";
 /// Largest source table we let an operator ask for (each entry is about 100 bytes of kernel
 /// memory; 16M is 1.6 GiB).
 pub const MAX_MAX_SOURCES: u32 = 1 << 24;
@@ -254,6 +258,12 @@ pub struct Layer {
     /// Log and event line format [default: text].
     #[arg(long, value_name = "text|json")]
     pub log_format: Option<LogFormat>,
+    /// Most offender event lines written, N/s or N/m; past it one summary line a second says
+    /// how many more sources went over, requests dropped, and the busiest (0 = summaries
+    /// only) [default: 20/s].
+    #[arg(long, value_name = "N/s", value_parser = parse_rate)]
+    #[serde(default, deserialize_with = "de_opt")]
+    pub event_lines: Option<Rate>,
     /// Keep the programs attached and the state pinned when the daemon stops or crashes.
     #[arg(long)]
     #[serde(default)]
@@ -299,6 +309,7 @@ pub struct Settings {
     pub pin_path: PathBuf,
     pub db: PathBuf,
     pub log_format: LogFormat,
+    pub event_lines: Rate,
     pub persist: bool,
     pub metrics: Option<SocketAddr>,
     pub config_file: Option<PathBuf>,
@@ -465,6 +476,8 @@ impl Settings {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_PATH)),
             db: pick(&flags.db, &file.db).unwrap_or_else(|| PathBuf::from(DEFAULT_DB)),
             log_format: pick(&flags.log_format, &file.log_format).unwrap_or(LogFormat::Text),
+            event_lines: pick(&flags.event_lines, &file.event_lines)
+                .unwrap_or_else(|| DEFAULT_EVENT_LINES.parse().expect("valid default")),
             persist: flags.persist || file.persist,
             metrics: pick(&flags.metrics, &file.metrics),
             config_file: config_file.map(Path::to_path_buf),
@@ -498,6 +511,9 @@ impl Settings {
         if self.log_format != other.log_format {
             out.push("log-format");
         }
+        if self.event_lines != other.event_lines {
+            out.push("event-lines");
+        }
         if self.persist != other.persist {
             out.push("persist");
         }
@@ -509,6 +525,31 @@ impl Settings {
 }
 
 impl Policy {
+    /// A one-line warning when bans are on while counting what an off-path spoofer can forge:
+    /// `syn` and `packets` count packets whose source address nobody checked, so a spoofer can
+    /// spend any source's budget and get it banned.
+    pub fn spoofable_bans_warning(&self) -> Option<String> {
+        let forgeable = matches!(self.count, CountMode::Syn | CountMode::Packets);
+        (forgeable && !self.ban.is_zero()).then(|| {
+            format!(
+                "bans are on (ban {}) with count {}: that mode counts packets an off-path spoofer can forge with any source address, so a spoofer can get real clients banned; use count payload or http with bans, or ban 0",
+                format_duration(self.ban),
+                self.count
+            )
+        })
+    }
+
+    /// The warning, when going from `self` to `new` changed the ban or the counting mode and
+    /// `new` bans on a forgeable count.
+    pub fn spoofable_bans_change(&self, new: &Policy) -> Option<String> {
+        let touched = self.count != new.count || self.ban != new.ban;
+        if touched {
+            new.spoofable_bans_warning()
+        } else {
+            None
+        }
+    }
+
     /// Checks what the kernel's arithmetic and layout require.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.source_limit()?;
@@ -670,6 +711,47 @@ mod tests {
             (s.max_sources, s.socket, s.db),
             (d.max_sources, d.socket, d.db)
         );
+        assert_eq!(
+            (s.log_format, s.event_lines, s.persist, s.metrics),
+            (d.log_format, d.event_lines, d.persist, d.metrics)
+        );
+        assert_eq!(
+            (s.attach, s.xdp_mode, s.pin_path, s.allow.len()),
+            (d.attach, d.xdp_mode, d.pin_path, 2)
+        );
+    }
+
+    #[test]
+    fn bans_on_a_forgeable_count_warn_in_one_line() {
+        let policy = |f: fn(&mut Layer)| Settings::resolve(&flags(f), None, None).unwrap().policy;
+        assert_eq!(policy(|_| {}).spoofable_bans_warning(), None);
+        assert_eq!(
+            policy(|l| l.count = Some(CountMode::Syn)).spoofable_bans_warning(),
+            None,
+            "no bans, no warning"
+        );
+        assert_eq!(
+            policy(|l| l.ban = Some(Duration::from_secs(600))).spoofable_bans_warning(),
+            None,
+            "payload counting is not forgeable off-path"
+        );
+        for mode in [CountMode::Syn, CountMode::Packets] {
+            let p = Settings::resolve(
+                &flags(|l| {
+                    l.count = Some(mode);
+                    l.ban = Some(Duration::from_secs(600));
+                }),
+                None,
+                None,
+            )
+            .unwrap()
+            .policy;
+            let w = p.spoofable_bans_warning().expect("a warning");
+            assert!(
+                w.contains(mode.as_str()) && w.contains("spoofer") && !w.contains('\n'),
+                "{w}"
+            );
+        }
     }
 
     #[test]

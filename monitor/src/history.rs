@@ -6,8 +6,6 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use crate::{control::OffenderRow, timefmt};
-
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     #[error("offender database {path}: {source}")]
@@ -31,6 +29,20 @@ pub struct Sighting {
     pub dropped: u64,
     pub banned: bool,
     pub event: bool,
+}
+
+/// One row of the history, in the history's own terms (times in Unix ms). The control
+/// handler maps it to the wire row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Offender {
+    pub source: String,
+    pub level: String,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub peak_rate: f64,
+    pub dropped: u64,
+    pub times_banned: u64,
+    pub events: u64,
 }
 
 pub struct History {
@@ -106,19 +118,21 @@ impl History {
     }
 
     /// Offenders last seen at or after `since_ms`, most requests dropped first.
-    pub fn offenders(&self, since_ms: i64, limit: usize) -> Result<Vec<OffenderRow>, HistoryError> {
+    pub fn offenders(&self, since_ms: i64, limit: usize) -> Result<Vec<Offender>, HistoryError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT source, level, first_seen_ms, last_seen_ms, peak_rate, dropped, times_banned,
                     events
              FROM offenders WHERE last_seen_ms >= ?1
              ORDER BY dropped DESC, last_seen_ms DESC LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![since_ms, limit as i64], |r| {
-            Ok(OffenderRow {
+        // Callers cap `limit`; clamp anyway, since -1 would mean "no limit" to SQLite.
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![since_ms, limit], |r| {
+            Ok(Offender {
                 source: r.get(0)?,
                 level: r.get(1)?,
-                first_seen: timefmt::rfc3339_ms(r.get(2)?),
-                last_seen: timefmt::rfc3339_ms(r.get(3)?),
+                first_seen_ms: r.get(2)?,
+                last_seen_ms: r.get(3)?,
                 peak_rate: r.get(4)?,
                 dropped: r.get::<_, i64>(5)? as u64,
                 times_banned: r.get::<_, i64>(6)? as u64,
@@ -167,8 +181,7 @@ mod tests {
         let r = &rows[0];
         assert_eq!((r.dropped, r.times_banned, r.events), (16, 1, 3));
         assert_eq!(r.peak_rate, 80.0);
-        assert_eq!(r.first_seen, "1970-01-01T00:00:01.000Z");
-        assert_eq!(r.last_seen, "1970-01-01T00:00:03.000Z");
+        assert_eq!((r.first_seen_ms, r.last_seen_ms), (1_000, 3_000));
         assert!(h.offenders(3_001, 10).unwrap().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }

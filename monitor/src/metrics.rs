@@ -44,6 +44,7 @@ pub struct Metrics {
     pub events_lost: Counter,
     pub events_suppressed: Counter,
     pub events_emitted: Counter,
+    pub event_lines_held: Counter,
     pub samples: Counter,
     pub sample_errors: Counter,
     pub history_errors: Counter,
@@ -68,6 +69,7 @@ impl Metrics {
             events_lost: Counter::default(),
             events_suppressed: Counter::default(),
             events_emitted: Counter::default(),
+            event_lines_held: Counter::default(),
             samples: Counter::default(),
             sample_errors: Counter::default(),
             history_errors: Counter::default(),
@@ -123,6 +125,11 @@ impl Metrics {
             "events_received",
             "Offender events the daemon read and logged",
             m.events_received.clone(),
+        );
+        registry.register(
+            "event_lines_held",
+            "Offender event lines held back by --event-lines (the events still reach the history; a summary line stands for them)",
+            m.event_lines_held.clone(),
         );
         registry.register("samples", "Table samples taken", m.samples.clone());
         registry.register(
@@ -224,15 +231,35 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("binding the metrics listener on {addr}"))
 }
 
+/// Scrapers at once. Prometheus scrapes one connection at a time per target; a few more
+/// cover a second scraper and a person with curl. Beyond it a connection is closed at once,
+/// so a flood of connections costs neither descriptors nor tasks.
+pub const MAX_CONNECTIONS: usize = 8;
+/// A scrape that has not finished in this long is cut off.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    serve_with(listener, metrics, MAX_CONNECTIONS).await
+}
+
+async fn serve_with(listener: TcpListener, metrics: Arc<Metrics>, max_connections: usize) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Best effort, without waiting: the peer learns why before the close.
+            let _ = stream.try_write(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            continue;
+        };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), respond(stream, &metrics)).await;
+            let _permit = permit;
+            let _ = tokio::time::timeout(SCRAPE_TIMEOUT, respond(stream, &metrics)).await;
         });
     }
 }
@@ -274,4 +301,50 @@ async fn respond(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()
     );
     stream.write_all(reply.as_bytes()).await?;
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    async fn get(addr: SocketAddr) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_refused_and_scrapes_resume_when_they_go() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve_with(listener, Arc::new(Metrics::new()), 2));
+        let mut silent = Vec::new();
+        for _ in 0..2 {
+            silent.push(TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Read without sending: the refusal comes at once (and closing a socket with an
+        // unread request in it would reset the connection instead).
+        let mut refused = String::new();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.read_to_string(&mut refused).await.unwrap();
+        assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+        drop(silent);
+        let mut ok = String::new();
+        for _ in 0..100 {
+            ok = get(addr).await;
+            if ok.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(ok.contains("monitor_control_errors"), "{ok}");
+        server.abort();
+    }
 }

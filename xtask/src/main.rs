@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: everything a newcomer or CI runs, each preparing the machine first.
 
 mod bench;
+mod binary;
 mod demo;
 mod setup;
 mod util;
@@ -69,7 +70,8 @@ fn build(release: bool) -> anyhow::Result<()> {
     util::step(
         "building the workspace (the eBPF object is built by monitor/build.rs)",
         || util::cargo(&args),
-    )
+    )?;
+    binary::check(release)
 }
 
 fn test(extra: &[String]) -> anyhow::Result<()> {

@@ -11,14 +11,21 @@ use clap::{Parser, Subcommand, error::ErrorKind};
 use crate::{
     cidr::Cidr,
     config::{Action, CountMode, DEFAULT_SOCKET, Layer},
-    control::{ListName, Request, SetRequest, client},
+    proto::{ListName, MAX_OFFENDER_ROWS, MAX_TOP_ROWS, Request, SetRequest, client},
     units::{Rate, parse_duration},
 };
+
+/// What `monitor --version` prints after the name: xtask checks for this line to be sure
+/// that `target/<profile>/monitor` is the daemon and not some other target's binary.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (kernel-level request limiter: daemon and CLI)"
+);
 
 #[derive(Debug, Parser)]
 #[command(
     name = "monitor",
-    version,
+    version = VERSION,
     about = "Kernel-level per-source request limiter for API hosts: daemon and control CLI",
     propagate_version = true
 )]
@@ -57,6 +64,11 @@ fn valid_rate(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+/// A row count between 1 and `max`: above it the reply could outgrow a control frame.
+fn rows(max: usize) -> impl clap::builder::TypedValueParser<Value = usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..=max as u64)
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the daemon: load and attach the program, serve the control socket.
@@ -66,7 +78,7 @@ enum Command {
     /// Current sources by request rate, with totals, drops and ban expiry.
     Top {
         /// How many rows (1 to 1000).
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = rows(MAX_TOP_ROWS))]
         limit: usize,
         /// Only this level: source or aggregate [default: both].
         #[arg(long, value_parser = ["source", "aggregate"])]
@@ -77,8 +89,8 @@ enum Command {
         /// Only offenders seen within DURATION (e.g. 1h).
         #[arg(long, value_name = "DURATION", value_parser = valid_duration)]
         since: Option<String>,
-        /// How many rows.
-        #[arg(long, default_value_t = 100)]
+        /// How many rows (1 to 1000; narrow --since for older ones).
+        #[arg(long, default_value_t = 100, value_parser = rows(MAX_OFFENDER_ROWS))]
         limit: usize,
     },
     /// Drop everything from CIDR for a while (a ban when CIDR is exactly one source).
@@ -257,5 +269,37 @@ fn list_request(list: ListName, op: ListOp) -> Request {
         },
         ListOp::Rm { cidr } => Request::ListRemove { list, cidr },
         ListOp::List => Request::ListShow { list },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("monitor").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn row_counts_above_what_a_frame_holds_are_usage_errors() {
+        for (cmd, max) in [("offenders", MAX_OFFENDER_ROWS), ("top", MAX_TOP_ROWS)] {
+            assert!(parse(&[cmd, "--limit", &max.to_string()]).is_ok());
+            for bad in [
+                (max + 1).to_string(),
+                "0".to_string(),
+                usize::MAX.to_string(),
+            ] {
+                let err = parse(&[cmd, "--limit", &bad]).expect_err(&bad);
+                // Not help or version: `main` maps these to exit code 2.
+                assert!(
+                    !matches!(
+                        err.kind(),
+                        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+                    ),
+                    "{err}"
+                );
+                assert!(err.to_string().contains("1..=1000"), "{err}");
+            }
+        }
     }
 }

@@ -5,7 +5,7 @@ use anyhow::{Context as _, Result};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::control::{Done, ListRow, OffenderRow, Request, StatusReply, TopReply};
+use crate::proto::{Done, ListRow, OffenderRow, Request, StatusReply, TopReply};
 
 fn parse<T: DeserializeOwned>(value: Value) -> Result<T> {
     serde_json::from_value(value).context("unexpected reply from the daemon (version mismatch?)")

@@ -17,8 +17,8 @@ use log::{info, warn};
 
 use crate::{
     config::{AttachKind, Settings, XdpModeSetting},
-    control::Attachment,
     kernel::Kernel,
+    proto::Attachment,
 };
 
 const LINK_PREFIX: &str = "link_";

@@ -1,7 +1,7 @@
 //! Offender events: drains the kernel's ring buffer when it becomes readable, writes one line
-//! per event (text or JSON), and hands the batch to the history. The kernel sends at most one
-//! event per key per second (and always one when a ban starts), so these lines stay readable
-//! under a flood.
+//! per event (text or JSON) within `--event-lines` (see `event_lines.rs`: past it, one summary
+//! line a second), and hands every event to the history. The kernel sends at most one event
+//! per key per second (and always one when a ban starts).
 
 use std::{
     collections::HashMap,
@@ -14,22 +14,57 @@ use monitor_common::{
     addr::AddrKey,
     config::action,
     event::{EVENT_SIZE, Event, kind, level},
+    stats::Stat,
 };
 use tokio::io::unix::AsyncFd;
 
-use super::{Shared, sampler::Level};
-use crate::{cidr::Cidr, clock, config::LogFormat, history::Sighting, logging, timefmt};
+use super::{
+    Shared,
+    event_lines::{EventLines, Summary},
+    sampler::Level,
+};
+use crate::{
+    cidr::Cidr, clock, config::LogFormat, history::Sighting, logging, timefmt, units::Rate,
+};
 
 /// Consecutive events of one key give its rate; entries older than this are forgotten.
 const RATE_MEMORY: Duration = Duration::from_secs(120);
 
-pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<()> {
+/// The kernel's count of dropped packets, for the summary lines.
+fn dropped_now(shared: &Shared) -> Option<u64> {
+    shared
+        .writer()
+        .kernel()
+        .stats()
+        .ok()
+        .map(|s| s.get(Stat::Dropped))
+}
+
+pub async fn run(
+    ring: RingBuf<MapData>,
+    shared: Arc<Shared>,
+    line_limit: Rate,
+) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its descriptor, which stays open and unchanged until the
     // AsyncFd (which owns the ring buffer) is dropped.
     let mut fd = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
     let mut last: HashMap<(Level, AddrKey), (u64, u64)> = HashMap::new();
+    let mut limiter = EventLines::new(line_limit);
+    let origin = tokio::time::Instant::now();
     loop {
-        let mut guard = fd.readable_mut().await?;
+        let due = limiter.summary_due();
+        let readable = tokio::select! {
+            r = fd.readable_mut() => Some(r?),
+            _ = tokio::time::sleep_until(origin + due.unwrap_or_default()), if due.is_some() => None,
+        };
+        let Some(mut guard) = readable else {
+            if let Some(summary) = limiter.summary(origin.elapsed(), || dropped_now(&shared)) {
+                let mut line = summary_line(shared.log_format, &summary, line_limit);
+                line.push('\n');
+                logging::event_lines(&line);
+            }
+            continue;
+        };
         let mut batch = Vec::new();
         {
             let ring = guard.get_inner_mut();
@@ -67,8 +102,20 @@ pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<
             let rate = rate.map(|r| (r * 10.0).round() / 10.0);
             let at = clock::to_wall(ev.ts_ns);
             let source = Cidr::from_key(&key, ev.prefix_len).to_string();
-            lines.push_str(&line(format, ev, lvl, &source, rate, at));
-            lines.push('\n');
+            let write = limiter.admit(
+                origin.elapsed(),
+                lvl,
+                key,
+                || source.clone(),
+                rate,
+                || dropped_now(&shared),
+            );
+            if write {
+                lines.push_str(&line(format, ev, lvl, &source, rate, at));
+                lines.push('\n');
+            } else {
+                shared.metrics.event_lines_held.inc();
+            }
             shared.metrics.events_received.inc();
             sightings.push(Sighting {
                 source,
@@ -80,8 +127,54 @@ pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<
                 event: true,
             });
         }
-        logging::event_lines(&lines);
+        if let Some(summary) = limiter.summary(origin.elapsed(), || dropped_now(&shared)) {
+            lines.push_str(&summary_line(format, &summary, line_limit));
+            lines.push('\n');
+        }
+        if !lines.is_empty() {
+            logging::event_lines(&lines);
+        }
         shared.record_history(sightings).await;
+    }
+}
+
+/// The line that stands for the event lines held back in one window.
+fn summary_line(format: LogFormat, s: &Summary, limit: Rate) -> String {
+    let time = timefmt::rfc3339(SystemTime::now());
+    let secs = (s.window.as_secs_f64() * 10.0).round() / 10.0;
+    match format {
+        LogFormat::Text => {
+            let busiest: Vec<String> = s
+                .busiest
+                .iter()
+                .map(|b| match b.rate {
+                    Some(r) => format!("{} ({r}/s)", b.source),
+                    None => b.source.clone(),
+                })
+                .collect();
+            format!(
+                "{time} offender summary: {} more sources over their limit in the last {secs}s ({} lines held back, event lines capped at {limit}); requests dropped={}; busiest: {}",
+                s.sources,
+                s.lines,
+                s.dropped.map_or("-".to_string(), |d| d.to_string()),
+                busiest.join(", "),
+            )
+        }
+        LogFormat::Json => serde_json::json!({
+            "time": time,
+            "event": "summary",
+            "sources": s.sources,
+            "lines_held": s.lines,
+            "window_secs": secs,
+            "line_limit": limit.to_string(),
+            "requests_dropped": s.dropped,
+            "busiest": s.busiest.iter().map(|b| serde_json::json!({
+                "source": b.source,
+                "level": b.level.as_str(),
+                "rate": b.rate,
+            })).collect::<Vec<_>>(),
+        })
+        .to_string(),
     }
 }
 

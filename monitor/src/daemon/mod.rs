@@ -9,6 +9,8 @@
 //! `monitor run` with the same pin path adopts it.
 
 pub mod attach;
+pub mod control;
+pub mod event_lines;
 pub mod events;
 pub mod preflight;
 pub mod sampler;
@@ -33,19 +35,21 @@ use tokio::{
 
 use crate::{
     config::{Layer, LogFormat, Policy, Settings},
-    control::{Attachment, OffenderRow, server},
-    history::{History, Sighting},
+    history::{History, Offender, Sighting},
     kernel::{Kernel, LoadOptions},
     logging,
     metrics::{self, Metrics},
+    proto::Attachment,
     units::format_duration,
 };
+use control::Maps;
 use sampler::{Prefixes, Sampler, Snapshot};
 use writer::MapWriter;
 
-/// What the control handlers, the sampler and the event reader share.
-pub struct Shared {
-    writer: Mutex<MapWriter>,
+/// What the control handlers, the sampler and the event reader share. `M` is the map writer;
+/// tests of the control handlers use a fake.
+pub struct Shared<M = MapWriter> {
+    writer: Mutex<M>,
     snapshot: RwLock<Arc<Snapshot>>,
     history: Arc<Mutex<History>>,
     pub metrics: Arc<Metrics>,
@@ -65,9 +69,32 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Shared {
+impl<M: Maps> Shared<M> {
+    pub fn new(
+        writer: M,
+        settings: Settings,
+        flags: Layer,
+        socket_flag: Option<PathBuf>,
+        history: History,
+        attachments: Vec<Attachment>,
+    ) -> Self {
+        Self {
+            writer: Mutex::new(writer),
+            snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            history: Arc::new(Mutex::new(history)),
+            metrics: Arc::new(Metrics::new()),
+            log_format: settings.log_format,
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+            attachments,
+            settings: Mutex::new(settings),
+            flags,
+            socket_flag,
+        }
+    }
+
     /// The map writer; hold it only for map operations (each is a system call or a few).
-    pub fn writer(&self) -> MutexGuard<'_, MapWriter> {
+    pub fn writer(&self) -> MutexGuard<'_, M> {
         lock(&self.writer)
     }
 
@@ -80,6 +107,10 @@ impl Shared {
 
     pub fn settings(&self) -> Settings {
         lock(&self.settings).clone()
+    }
+
+    fn replace_settings(&self, settings: Settings) {
+        *lock(&self.settings) = settings;
     }
 
     pub async fn record_history(&self, sightings: Vec<Sighting>) {
@@ -98,47 +129,12 @@ impl Shared {
         }
     }
 
-    pub async fn offenders(&self, since_ms: i64, limit: usize) -> Result<Vec<OffenderRow>> {
+    pub async fn offenders(&self, since_ms: i64, limit: usize) -> Result<Vec<Offender>> {
         let history = self.history.clone();
         Ok(
             tokio::task::spawn_blocking(move || lock(&history).offenders(since_ms, limit))
                 .await??,
         )
-    }
-
-    /// Re-reads the config file and applies what changed. Returns one line per change.
-    pub fn reload(&self) -> Result<Vec<String>> {
-        let current = self.settings();
-        let Some(file) = current.config_file.clone() else {
-            anyhow::bail!("the daemon was started without --config; there is no file to reload");
-        };
-        let new = Settings::resolve(&self.flags, self.socket_flag.as_deref(), Some(&file))?;
-        let mut changes = Vec::new();
-        {
-            let mut writer = self.writer();
-            changes.extend(policy_changes(writer.policy(), &new.policy));
-            if writer.policy() != &new.policy {
-                writer.apply_policy(new.policy.clone())?;
-            }
-            changes.extend(writer.sync_configured_lists(&new.allow, &new.deny)?);
-        }
-        for name in new.restart_only_changes(&current) {
-            warn!(
-                "reload: {name} changed in {}; it takes effect on restart",
-                file.display()
-            );
-            changes.push(format!("{name}: changed, takes effect on restart"));
-        }
-        *lock(&self.settings) = Settings {
-            policy: new.policy,
-            allow: new.allow,
-            deny: new.deny,
-            ..current
-        };
-        for c in &changes {
-            info!("reload: {c}");
-        }
-        Ok(changes)
     }
 }
 
@@ -196,10 +192,14 @@ pub fn policy_changes(old: &Policy, new: &Policy) -> Vec<String> {
     out
 }
 
+/// How long a stopping daemon waits for control commands in progress.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Entry point of `monitor run`.
 pub fn run(flags: Layer, socket_flag: Option<PathBuf>, config: Option<PathBuf>) -> Result<()> {
     let settings = Settings::resolve(&flags, socket_flag.as_deref(), config.as_deref())?;
     logging::init(settings.log_format);
+    preflight::raise_open_file_limit();
     preflight::privileges()?;
     preflight::interfaces(&settings)?;
     preflight::bpffs(&settings.pin_path)?;
@@ -261,31 +261,33 @@ async fn serve(settings: Settings, flags: Layer, socket_flag: Option<PathBuf>) -
         }
     };
     let listener = bind_socket(&settings.socket)?;
-    let metrics = Arc::new(Metrics::new());
-    let shared = Arc::new(Shared {
-        writer: Mutex::new(writer),
-        snapshot: RwLock::new(Arc::new(Snapshot::default())),
-        history: Arc::new(Mutex::new(history)),
-        metrics: metrics.clone(),
-        log_format: settings.log_format,
-        started_at: SystemTime::now(),
-        started: Instant::now(),
-        attachments,
-        settings: Mutex::new(settings.clone()),
+    let shared = Arc::new(Shared::new(
+        writer,
+        settings.clone(),
         flags,
         socket_flag,
-    });
+        history,
+        attachments,
+    ));
+    let metrics = shared.metrics.clone();
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(log_forwarder(logger));
     let s = shared.clone();
+    let line_limit = settings.event_lines;
     tasks.spawn(async move {
-        if let Err(e) = events::run(ring, s).await {
+        if let Err(e) = events::run(ring, s, line_limit).await {
             error!("event reader stopped: {e:#}");
         }
     });
     tasks.spawn(sample_loop(Sampler::new(reader), shared.clone()));
-    tasks.spawn(server::serve(listener, shared.clone()));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let control_server = tokio::spawn(control::server::serve(
+        listener,
+        shared.clone(),
+        control::server::Limits::default(),
+        shutdown.clone(),
+    ));
     if let Some(listener) = metrics_listener {
         info!(
             "serving metrics on http://{}/metrics",
@@ -302,6 +304,9 @@ async fn serve(settings: Settings, flags: Layer, socket_flag: Option<PathBuf>) -
         settings.policy.burst,
         settings.socket.display()
     );
+    if let Some(warning) = settings.policy.spoofable_bans_warning() {
+        warn!("{warning}");
+    }
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -311,11 +316,20 @@ async fn serve(settings: Settings, flags: Layer, socket_flag: Option<PathBuf>) -
             _ = term.recv() => { info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { info!("SIGINT: stopping"); break; }
             _ = hup.recv() => {
-                if let Err(e) = shared.reload() {
+                if let Err(e) = control::reload::apply(&*shared) {
                     error!("SIGHUP reload failed, the running settings stay: {e:#}");
                 }
             }
         }
+    }
+    // The control server finishes the commands in progress (a block, a reload) before the
+    // maps can go; the rest stops where it is.
+    shutdown.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, control_server)
+        .await
+        .is_err()
+    {
+        warn!("control commands still running after {SHUTDOWN_GRACE:?}; stopping anyway");
     }
     tasks.abort_all();
     let _ = std::fs::remove_file(&settings.socket);

@@ -121,3 +121,53 @@ pub fn lock_pin_path(pin_path: &Path) -> Result<PinLock> {
     }
     Ok(PinLock { _dir: dir })
 }
+
+/// Raises this process's open-file soft limit to its hard limit. Every control and metrics
+/// connection, map and link is a descriptor; the common soft limit of 1,024 is what let about
+/// 990 idle control connections stop the daemon from accepting. Returns the soft limit now in
+/// force (None if it could not be read).
+pub fn raise_open_file_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        log::warn!(
+            "reading the open-file limit failed: {}",
+            io::Error::last_os_error()
+        );
+        return None;
+    }
+    if lim.rlim_cur >= lim.rlim_max {
+        return Some(lim.rlim_cur);
+    }
+    let old = lim.rlim_cur;
+    lim.rlim_cur = lim.rlim_max;
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        log::warn!(
+            "raising the open-file limit from {old} to {} failed: {}",
+            lim.rlim_max,
+            io::Error::last_os_error()
+        );
+        return Some(old);
+    }
+    log::debug!("open-file limit raised from {old} to {}", lim.rlim_max);
+    Some(lim.rlim_max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_file_soft_limit_ends_at_the_hard_limit() {
+        let soft = raise_open_file_limit().expect("readable limit");
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        assert_eq!((soft, lim.rlim_cur), (lim.rlim_max, lim.rlim_max));
+    }
+}

@@ -12,7 +12,7 @@ use std::{
 
 use monitor_common::{addr::AddrKey, maps::Bucket};
 
-use crate::{cidr::Cidr, clock, control::TopRow, history::Sighting, kernel::TableReader, timefmt};
+use crate::{cidr::Cidr, clock, history::Sighting, kernel::TableReader, timefmt};
 
 /// The shortest time between the starts of two samples.
 pub const INTERVAL: Duration = Duration::from_secs(1);
@@ -64,7 +64,7 @@ impl Hasher for KeyHasher {
 
 pub type KeyMap<V> = HashMap<(Level, AddrKey), V, BuildHasherDefault<KeyHasher>>;
 /// Rows kept per sample; `top --limit` is capped here.
-pub const MAX_ROWS: usize = 1000;
+pub const MAX_ROWS: usize = crate::proto::MAX_TOP_ROWS;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Level {
@@ -91,10 +91,23 @@ pub struct Snapshot {
     pub tracked_aggregates: u64,
     pub active_bans: u64,
     /// The busiest keys of both levels, highest rate first.
-    pub rows: Vec<TopRow>,
+    pub rows: Vec<Busy>,
     /// Per-key rate (requests/s) of the keys that have had requests refused (the only keys
     /// events are about), for an event that arrives before its key's second event.
     pub rates: KeyMap<f64>,
+}
+
+/// One of the busiest keys of a sample; the `top` handler maps it to the wire row.
+#[derive(Clone, Debug)]
+pub struct Busy {
+    pub source: Cidr,
+    pub level: Level,
+    /// Requests per second over the sample's interval.
+    pub rate: f64,
+    pub total: u64,
+    pub dropped: u64,
+    /// Ban deadline on the kernel clock, while one is in force.
+    pub banned_until_ns: Option<u64>,
 }
 
 /// The prefix lengths in force, to turn keys into CIDRs.
@@ -231,13 +244,13 @@ impl Sampler {
                         .or((bucket.ban_until_ns > now_k).then_some(bucket.ban_until_ns)),
                     Level::Aggregate => None,
                 };
-                TopRow {
-                    source: prefixes.cidr(level, &key).to_string(),
+                Busy {
+                    source: prefixes.cidr(level, &key),
+                    level,
                     rate: (rate * 10.0).round() / 10.0,
                     total: bucket.requests,
                     dropped: bucket.refused,
-                    banned_until: until.map(banned_until),
-                    level: level.as_str().to_string(),
+                    banned_until_ns: until,
                 }
             })
             .collect();

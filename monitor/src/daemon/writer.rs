@@ -1,8 +1,9 @@
 //! The daemon's map writer: the one place where a policy change, a list entry or a ban
 //! reaches the kernel's maps. Control handlers, reload and start-up all come through here.
 //!
-//! A rate-limit change travels: `cli` (flag parsing) -> `control::handlers::set` (parse,
-//! build the new `Policy`) -> `MapWriter::apply_policy` (write `MON_CONFIG` and `MON_PORTS`).
+//! A rate-limit change travels: `cli/mod.rs` (`monitor set rate`, sent by `proto::client`)
+//! -> `daemon/control/set.rs` (parse, build the new `Policy`) -> `MapWriter::apply_policy`
+//! here (write `MON_CONFIG` and `MON_PORTS`).
 
 use std::collections::BTreeSet;
 

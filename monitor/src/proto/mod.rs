@@ -1,15 +1,20 @@
 //! The control protocol between the CLI and the daemon: request and reply types (JSON in
-//! length-delimited frames over the Unix socket), the framing, the client, and the daemon's
-//! server with one handler per command.
+//! length-delimited frames over the Unix socket), the framing and the client. Both `cli` and
+//! `daemon` import this module; it imports neither (the server and the handlers live in
+//! `daemon::control`).
 
 pub mod client;
 pub mod codec;
-pub mod handlers;
-pub mod server;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+/// Most rows `top` answers with (the sampler keeps this many per sample).
+pub const MAX_TOP_ROWS: usize = 1000;
+/// Most rows `offenders` answers with. An offender row is about 250 bytes of JSON, so this
+/// many stay far below the frame cap (`codec::MAX_FRAME`); for more, narrow `--since`.
+pub const MAX_OFFENDER_ROWS: usize = 1000;
 
 /// Which list a list command addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
