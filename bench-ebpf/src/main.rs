@@ -24,6 +24,18 @@ mod atomic;
 #[allow(dead_code)]
 mod classify;
 #[cfg(target_arch = "bpf")]
+#[path = "../../monitor-ebpf/src/clock.rs"]
+#[allow(dead_code)]
+mod clock;
+#[cfg(target_arch = "bpf")]
+#[path = "../../monitor-ebpf/src/conn.rs"]
+#[allow(dead_code)]
+mod conn;
+#[cfg(target_arch = "bpf")]
+#[path = "../../monitor-ebpf/src/fleet.rs"]
+#[allow(dead_code)]
+mod fleet;
+#[cfg(target_arch = "bpf")]
 #[path = "../../monitor-ebpf/src/frame.rs"]
 #[allow(dead_code)]
 mod frame;

@@ -50,7 +50,9 @@ fn monitored(pkt: &Transport) -> Option<&'static Config> {
         Some(flags) if *flags & want != 0 => {}
         _ => return None,
     }
-    MON_CONFIG.get(0)
+    let slots = MON_CONFIG.get_ptr(0)?;
+    let live = unsafe { core::ptr::read_volatile(&raw const (*slots).active) } & 1;
+    Some(unsafe { &(*slots).slots[live as usize] })
 }
 
 #[inline(always)]

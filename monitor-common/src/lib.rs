@@ -21,13 +21,15 @@ mod pod {
     //! Map values must be `Pod` for aya; only user space needs it.
     use crate::{
         addr::{AddrKey, ListAddr},
-        config::Config,
+        config::{Config, ConfigSlots},
         event::Event,
         maps::*,
     };
     unsafe impl aya::Pod for AddrKey {}
     unsafe impl aya::Pod for ListAddr {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for ConfigSlots {}
+    unsafe impl aya::Pod for KernelState {}
     unsafe impl aya::Pod for Bucket {}
     unsafe impl aya::Pod for Ban {}
     unsafe impl aya::Pod for ListEntry {}

@@ -21,8 +21,12 @@ pub const MAP_FLEET_HITTERS: &str = "MON_FLEET_HH";
 /// never pinned, so not in `ALL_MAPS`). See `monitor-ebpf/src/classify.rs`.
 pub const MAP_SCRATCH: &str = "MON_SCRATCH";
 
-/// Every map, for pinning and adoption.
-pub const ALL_MAPS: [&str; 11] = [
+pub const MAP_STATE: &str = "MON_STATE";
+/// Only in objects built with the `test-clock` feature: the `now` the program uses, written
+/// by the test (0 falls back to the real clock). Never pinned, never in a production object.
+pub const MAP_TEST_CLOCK: &str = "MON_TEST_CLOCK";
+
+pub const ALL_MAPS: [&str; 12] = [
     MAP_CONFIG,
     MAP_PORTS,
     MAP_STATS,
@@ -34,6 +38,7 @@ pub const ALL_MAPS: [&str; 11] = [
     MAP_EVENTS,
     MAP_FLEET_CONFIG,
     MAP_FLEET_HITTERS,
+    MAP_STATE,
 ];
 
 pub const PROG_XDP: &str = "monitor_xdp";
@@ -140,3 +145,27 @@ pub struct FleetCount {
     pub prev_interval: u64,
     pub prev_count: u64,
 }
+/// The kernel's own global rate-limiter state, in `MON_STATE[0]`, shared by every CPU. Each
+/// field is changed only by compare-and-swap, and only when the limiter lets something through
+/// (at most a few thousand times a second), so refused attempts only read it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelState {
+    /// The event budget's window: `(second << EVENT_COUNT_BITS) | events sent in it`, where
+    /// `second` is the monotonic clock in whole seconds.
+    pub event_window: u64,
+    /// When each kind of log record (`log_kind`) was last written.
+    pub log_last_ns: [u64; LOG_KINDS],
+}
+
+/// Bits of `KernelState::event_window` that count events (the rest is the second).
+pub const EVENT_COUNT_BITS: u32 = 24;
+
+/// Kinds of kernel log record about a per-packet condition, each written at most once a second.
+pub mod log_kind {
+    pub const BAN_STARTED: usize = 0;
+    pub const BANS_FULL: usize = 1;
+}
+pub const LOG_KINDS: usize = 2;
+/// A kind of log record is written at most once per this many ns (globally, all CPUs).
+pub const LOG_SPACING_NS: u64 = 1_000_000_000;

@@ -8,6 +8,7 @@
 //! A request arriving at `now`:
 //!
 //! ```text
+//!   if tat > now + tau: tat = now + tau - T    (the clamp: see below)
 //!   new_tat = max(tat, now) + T
 //!   admit  if new_tat - now <= tau   (then tat := new_tat)
 //!   refuse otherwise                 (tat unchanged: a refused request costs nothing)
@@ -15,7 +16,17 @@
 //!
 //! So a fresh key admits `B` back-to-back requests, the `B+1`th is refused, and budget returns
 //! at one request per `T`. A source sending at most `R`/s on average with bursts of at most `B`
-//! is never refused. The state fits in one `u64`, so the kernel updates it with a single
+//! is never refused.
+//!
+//! The clamp never fires while the limit stays the same: an admitted `new_tat` is at most
+//! `now + tau`, and `now` only grows. It fires when the operator changes the limit live and a
+//! key's state, built under the old limit, is beyond anything the new one allows (after `1/m`
+//! with burst 40, `tat` may be 40 minutes ahead; under `200/s` with burst 40, `tau` is 200 ms).
+//! Such a key is treated as having one request left: that request is admitted, and the key
+//! refills at the new rate from then on. So the new limit governs every key from its next
+//! request, and a limit change never grants more than one request beyond the new burst.
+//!
+//! The state fits in one `u64`, so the kernel updates it with a single
 //! compare-and-swap and stays exact when one source's packets are processed on several CPUs.
 
 /// One level's limit in the units the kernel uses.
@@ -26,6 +37,14 @@ pub struct Limit {
     pub interval_ns: u64,
     /// `tau = B * T`: how far ahead of `now` the theoretical arrival time may run.
     pub tolerance_ns: u64,
+}
+
+/// The outcome of [`Limit::step`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub admitted: bool,
+    /// The key's state after the request.
+    pub tat: u64,
 }
 
 /// Nanoseconds in the period that rates are expressed against.
@@ -70,7 +89,30 @@ impl Limit {
         }
     }
 
-    /// The GCRA step. Returns the new `tat` when the request is admitted, `None` when refused.
+    /// The GCRA step with the clamp: whether the request is admitted, and the state to store
+    /// (equal to `tat` when refused: a refused request costs nothing).
+    #[inline(always)]
+    pub fn step(&self, tat: u64, now: u64) -> Step {
+        let ceiling = now.saturating_add(self.tolerance_ns);
+        let tat = if tat > ceiling {
+            ceiling - self.interval_ns
+        } else {
+            tat
+        };
+        match self.admit(tat, now) {
+            Some(new_tat) => Step {
+                admitted: true,
+                tat: new_tat,
+            },
+            None => Step {
+                admitted: false,
+                tat,
+            },
+        }
+    }
+
+    /// The GCRA step without the clamp. Returns the new `tat` when the request is admitted,
+    /// `None` when refused.
     #[inline(always)]
     pub fn admit(&self, tat: u64, now: u64) -> Option<u64> {
         let start = if tat > now { tat } else { now };
@@ -80,6 +122,13 @@ impl Limit {
         } else {
             None
         }
+    }
+
+    /// Whether a state `tat` that already includes a request's charge (the kernel's atomic-add
+    /// fallback when its compare-and-swap keeps losing races) is within the limit at `now`.
+    #[inline(always)]
+    pub fn fits_charged(&self, tat: u64, now: u64) -> bool {
+        tat <= now.saturating_add(self.tolerance_ns)
     }
 
     /// The `tat` of a key seen for the first time and admitted at `now`.
@@ -118,6 +167,64 @@ mod tests {
         let mut tat = l.first(0);
         for k in 1..10_000u64 {
             tat = l.admit(tat, k * l.interval_ns).expect("at exactly R/s");
+        }
+    }
+
+    #[test]
+    fn a_lowered_limit_state_is_clamped_to_the_new_burst() {
+        let slow = Limit::new(1, 60 * NANOS_PER_SEC, 5).unwrap();
+        let fast = per_sec(200, 5);
+        let now = 1_000_000_000;
+        let mut tat = slow.first(now);
+        for _ in 1..5 {
+            tat = slow.admit(tat, now).unwrap();
+        }
+        assert!(
+            !slow.step(tat, now + NANOS_PER_SEC).admitted,
+            "5 minutes spent"
+        );
+        // Under the new limit: one request left, then the new rate.
+        let clamped = fast.step(tat, now);
+        assert_eq!(
+            clamped,
+            Step {
+                admitted: true,
+                tat: now + fast.tolerance_ns
+            }
+        );
+        assert!(!fast.step(clamped.tat, now).admitted);
+        let t = now + fast.interval_ns;
+        assert_eq!(
+            fast.step(clamped.tat, t),
+            Step {
+                admitted: true,
+                tat: t + fast.tolerance_ns
+            }
+        );
+        // Under an unchanged limit the clamp never moves the state.
+        let mut tat = fast.first(now);
+        for k in 0..1000 {
+            let at = now + k * fast.interval_ns / 3;
+            let step = fast.step(tat, at);
+            assert!(step.tat <= at + fast.tolerance_ns);
+            if let Some(admitted) = fast.admit(tat, at) {
+                assert_eq!(
+                    step,
+                    Step {
+                        admitted: true,
+                        tat: admitted
+                    }
+                );
+            } else {
+                assert_eq!(
+                    step,
+                    Step {
+                        admitted: false,
+                        tat
+                    }
+                );
+            }
+            tat = step.tat;
         }
     }
 

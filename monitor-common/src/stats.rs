@@ -50,12 +50,16 @@ stats! {
     EventsSent = "events_sent",
     /// Events not delivered because the ring buffer was full (the verdict is unaffected).
     EventsLost = "events_lost",
-    /// The bucket CAS lost its race too often; the request was admitted (fail open).
+    /// The bucket CAS lost its race too often; the request was charged with an atomic add
+    /// instead (admitted only if the charge fit within the limit).
     CasExhausted = "cas_exhausted",
     /// In `payload` and `http` modes: TCP segments that would have been requests but belong to
     /// no connection of this host (forged, stale, or matching only a listener): passed, not
     /// counted. Also counted in `not_counted`.
     Unconnected = "unconnected",
+    /// Events withheld by the global event budget (`Config::events_per_sec`): they never
+    /// reached the ring buffer. The sampler still carries every key's totals to the history.
+    EventsSuppressed = "events_suppressed",
 }
 
 pub const STAT_COUNT: u32 = Stat::ALL.len() as u32;

@@ -10,19 +10,18 @@
 //! neighbours' shared aggregate. One admitted by its source and refused by the aggregate keeps
 //! the source's token spent (the source did send it), and the aggregate's is not spent.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_log_ebpf::{info, warn};
 use monitor_common::{
     addr::AddrKey,
     config::{Config, action, config_flags, count_mode, port_flags},
     event::{Event, kind, level},
     http::{self, HTTP_INSPECT_MAX},
-    maps::Bucket,
+    maps::{Bucket, log_kind},
     stats::Stat,
 };
 
 use crate::{
-    conn,
+    clock, conn,
     frame::Frame,
     limit::{Charge, charge_bucket, charge_key, insert_new},
     maps::{MON_AGGS, MON_CONFIG, MON_PORTS, MON_SCRATCH, MON_SOURCES, count},
@@ -85,11 +84,18 @@ pub fn classify<F: Frame>(frame: &F) -> Verdict {
     if !monitored {
         return not_monitored();
     }
-    let Some(cfg) = MON_CONFIG.get(0) else {
+    // The live slot of the double-buffered config (see `monitor_common::config`): one lookup,
+    // one load of the index, then only that slot is read for the rest of the packet.
+    let Some(slots) = MON_CONFIG.get_ptr(0) else {
         return not_monitored();
     };
+    let live = unsafe { core::ptr::read_volatile(&raw const (*slots).active) } & 1;
+    let cfg = unsafe { &(*slots).slots[live as usize] };
+    if !cfg.is_valid() {
+        return not_monitored();
+    }
     count(Stat::Monitored);
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock::now();
     let verdict = decide(frame, pkt, cfg, now);
     count(match verdict {
         Verdict::Pass => Stat::Passed,
@@ -193,6 +199,7 @@ fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: u64) -> Verdi
     if charge == Charge::Refused {
         if let Some(agg_bucket) = agg_bucket
             && policy::claim_event_slot(agg_bucket, now, false)
+            && policy::take_event_budget(cfg, now, false)
         {
             let prefix = if pkt.is_v4 {
                 cfg.v4_agg_prefix
@@ -227,19 +234,29 @@ fn source_over_limit<F: Frame>(
 ) {
     let mut ban_until = 0;
     if cfg.ban_ns != 0 {
+        // Log records are about conditions, not packets: at most one per kind per second.
         if policy::start_ban(bucket, key, now + cfg.ban_ns) {
             ban_until = now + cfg.ban_ns;
-            info!(
+            if policy::log_allowed(log_kind::BAN_STARTED, now) {
+                info!(
+                    frame.ctx(),
+                    "ban started on port {} for {} ms (at most one such record per second; \
+                     bans_started counts them all)",
+                    pkt.dport,
+                    cfg.ban_ns / 1_000_000
+                );
+            }
+        } else if policy::log_allowed(log_kind::BANS_FULL, now) {
+            warn!(
                 frame.ctx(),
-                "ban started on port {} for {} ms",
-                pkt.dport,
-                cfg.ban_ns / 1_000_000
+                "ban table full: sources are rate limited but not banned (at most one such \
+                 record per second; bans_full counts them all)"
             );
-        } else {
-            warn!(frame.ctx(), "ban table full: source only rate limited");
         }
     }
-    if policy::claim_event_slot(bucket, now, ban_until != 0) {
+    if policy::claim_event_slot(bucket, now, ban_until != 0)
+        && policy::take_event_budget(cfg, now, ban_until != 0)
+    {
         let prefix = if pkt.is_v4 {
             cfg.v4_prefix
         } else {

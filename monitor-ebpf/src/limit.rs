@@ -6,9 +6,8 @@ use monitor_common::{addr::AddrKey, maps::Bucket, rate::Limit, stats::Stat};
 
 use crate::{atomic, maps::count};
 
-/// CAS attempts before giving up. Losing this many races in a row needs several CPUs hammering
-/// one key at once; the request is then admitted (fail open) and counted as `cas_exhausted`.
-/// The verifier needs the retry loop bounded anyway.
+/// CAS attempts before falling back to an atomic add. Losing this many races in a row needs
+/// several CPUs updating one key at once; the verifier needs the retry loop bounded anyway.
 const CAS_ATTEMPTS: usize = 4;
 
 pub const BPF_NOEXIST: u64 = 1;
@@ -19,7 +18,18 @@ pub enum Charge {
     Refused,
 }
 
-/// Counts one request on an existing bucket and runs the GCRA step on it.
+/// Counts one request on an existing bucket and runs the GCRA step (`Limit::step`, with its
+/// clamp to the live limit) on it.
+///
+/// When the CAS keeps losing races, the request is charged anyway by an atomic add of one
+/// interval, which cannot lose: it is admitted if the state read back (with its charge in it)
+/// still fits the limit, and otherwise refused and the charge taken back (a refused request
+/// costs nothing). So every admitted request advances the state by exactly one interval,
+/// however the CPUs interleave.
+/// (The add charges from the stored `tat` rather than `max(tat, now)`. Under contention the
+/// stored `tat` was just set by another CPU to its own `now` plus an interval, so it is not
+/// behind this CPU's `now` unless the interval is shorter than the retry loop, well under a
+/// microsecond: a limit of millions of requests per second per key.)
 #[inline(always)]
 pub fn charge_bucket(bucket: *mut Bucket, limit: &Limit, now: u64) -> Charge {
     // Plain increments: these are for reports; the limit itself is the CAS'd `tat_ns`.
@@ -27,20 +37,26 @@ pub fn charge_bucket(bucket: *mut Bucket, limit: &Limit, now: u64) -> Charge {
     let tat_ptr = unsafe { &raw mut (*bucket).tat_ns };
     for _ in 0..CAS_ATTEMPTS {
         let tat = atomic::load(tat_ptr);
-        match limit.admit(tat, now) {
-            None => {
-                unsafe { (*bucket).refused += 1 };
-                return Charge::Refused;
+        let step = limit.step(tat, now);
+        // A refusal under an unchanged limit leaves the state as it was: no write.
+        if step.tat == tat || atomic::compare_and_swap(tat_ptr, tat, step.tat) {
+            if step.admitted {
+                return Charge::Admitted;
             }
-            Some(new_tat) => {
-                if atomic::compare_and_swap(tat_ptr, tat, new_tat) {
-                    return Charge::Admitted;
-                }
-            }
+            unsafe { (*bucket).refused += 1 };
+            return Charge::Refused;
         }
     }
     count(Stat::CasExhausted);
-    Charge::Admitted
+    atomic::add(tat_ptr, limit.interval_ns);
+    // The state read back includes this charge (and maybe other CPUs'), so the check can only
+    // err towards refusing; two CPUs can never both fit into one remaining interval.
+    if limit.fits_charged(atomic::load(tat_ptr), now) {
+        return Charge::Admitted;
+    }
+    atomic::add(tat_ptr, limit.interval_ns.wrapping_neg());
+    unsafe { (*bucket).refused += 1 };
+    Charge::Refused
 }
 
 /// Looks the key up, creating its bucket (admitted, first request) when missing. Returns the

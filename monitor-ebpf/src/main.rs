@@ -14,8 +14,11 @@ mod atomic;
 #[cfg(target_arch = "bpf")]
 mod classify;
 #[cfg(target_arch = "bpf")]
-mod fleet;
+mod clock;
+#[cfg(target_arch = "bpf")]
 mod conn;
+#[cfg(target_arch = "bpf")]
+mod fleet;
 #[cfg(target_arch = "bpf")]
 mod frame;
 #[cfg(target_arch = "bpf")]

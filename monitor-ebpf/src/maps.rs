@@ -7,19 +7,28 @@ use aya_ebpf::{
 };
 use monitor_common::{
     addr::{AddrKey, ListAddr},
-    config::Config,
+    config::ConfigSlots,
     maps::{
-        Ban, Bucket, DEFAULT_MAX_AGGREGATES, DEFAULT_MAX_SOURCES, EVENTS_BYTES, ListEntry,
-        MAX_BANS, MAX_LIST_ENTRIES, PORT_SLOTS,
+        Ban, Bucket, DEFAULT_MAX_AGGREGATES, DEFAULT_MAX_SOURCES, EVENTS_BYTES, KernelState,
+        ListEntry, MAX_BANS, MAX_LIST_ENTRIES, PORT_SLOTS,
     },
     stats::STAT_COUNT,
 };
 
 /// LPM tries reject prealloc; the flag is required.
 const BPF_F_NO_PREALLOC: u32 = 1;
+/// User space writes the config through a shared mapping (see `monitor_common::config`).
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 #[map]
-pub static MON_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+pub static MON_CONFIG: Array<ConfigSlots> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+#[map]
+pub static MON_STATE: Array<KernelState> = Array::with_max_entries(1, 0);
+
+#[cfg(feature = "test-clock")]
+#[map]
+pub static MON_TEST_CLOCK: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static MON_PORTS: Array<u8> = Array::with_max_entries(PORT_SLOTS, 0);

@@ -1,18 +1,24 @@
-//! Policy lookups beside the limiter: allow and deny lists, bans, and offender events.
+//! Policy lookups beside the limiter: allow and deny lists, bans, offender events and the
+//! global budgets that keep the program's output bounded (events per second, log records).
 
 use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
 use monitor_common::{
     addr::{AddrKey, LIST_KEY_BITS, ListAddr},
+    config::Config,
     event::Event,
-    maps::{Ban, Bucket, ListEntry},
+    maps::{Ban, Bucket, EVENT_COUNT_BITS, LOG_SPACING_NS, ListEntry},
+    rate::NANOS_PER_SEC,
     stats::Stat,
 };
 
 use crate::{
     atomic,
     limit::BPF_NOEXIST,
-    maps::{MON_ALLOW, MON_BANS, MON_DENY, MON_EVENTS, MON_SOURCES, count},
+    maps::{MON_ALLOW, MON_BANS, MON_DENY, MON_EVENTS, MON_SOURCES, MON_STATE, count},
 };
+
+/// CAS attempts on the shared budget state before the event or record is withheld.
+const BUDGET_ATTEMPTS: usize = 4;
 
 /// Events per key are spaced at least this far apart.
 const EVENT_SPACING_NS: u64 = 1_000_000_000;
@@ -105,6 +111,61 @@ pub fn claim_event_slot(bucket: *mut Bucket, now: u64, always: bool) -> bool {
         return false;
     }
     atomic::compare_and_swap(slot, last, now) || always
+}
+
+/// Takes one event from the global budget of the current second (`Config::events_per_sec`).
+/// Over-limit events stop at the budget less the ban reserve; ban starts may use all of it, so
+/// no number of over-limit keys can crowd them out. A withheld event is counted as
+/// `events_suppressed` and never reaches the ring buffer. The shared state is written only when
+/// an event is let through; once the second's budget is spent, callers only read it.
+#[inline(always)]
+pub fn take_event_budget(cfg: &Config, now: u64, ban: bool) -> bool {
+    let cap = if ban {
+        cfg.events_per_sec
+    } else {
+        cfg.events_per_sec.saturating_sub(cfg.events_reserved)
+    } as u64;
+    if let Some(state) = MON_STATE.get_ptr_mut(0) {
+        let window = unsafe { &raw mut (*state).event_window };
+        let second = now / NANOS_PER_SEC;
+        let mask = (1u64 << EVENT_COUNT_BITS) - 1;
+        for _ in 0..BUDGET_ATTEMPTS {
+            let w = atomic::load(window);
+            let (w_second, sent) = (w >> EVENT_COUNT_BITS, w & mask);
+            // A CPU whose clock read is a little behind another's counts in the newer window.
+            let next = if second > w_second {
+                if cap == 0 {
+                    break;
+                }
+                (second << EVENT_COUNT_BITS) | 1
+            } else if sent < cap {
+                w + 1
+            } else {
+                break;
+            };
+            if atomic::compare_and_swap(window, w, next) {
+                return true;
+            }
+        }
+    }
+    count(Stat::EventsSuppressed);
+    false
+}
+
+/// Whether a kernel log record of `kind` (`maps::log_kind`) may be written now: at most one per
+/// kind per second across all CPUs, however many packets meet the condition. Every occurrence
+/// is still counted in the statistics.
+#[inline(always)]
+pub fn log_allowed(kind: usize, now: u64) -> bool {
+    let Some(state) = MON_STATE.get_ptr_mut(0) else {
+        return false;
+    };
+    let slot = unsafe { &raw mut (*state).log_last_ns[kind] };
+    let last = atomic::load(slot);
+    if last != 0 && now.wrapping_sub(last) < LOG_SPACING_NS {
+        return false;
+    }
+    atomic::compare_and_swap(slot, last, now)
 }
 
 /// Sends an event; a full ring buffer costs the event, never the verdict.

@@ -251,6 +251,12 @@ pub struct Layer {
     #[arg(long = "deny", value_name = "CIDR", value_parser = parse_cidr)]
     #[serde(default)]
     pub deny: Vec<Cidr>,
+    /// Global kernel event budget: at most N offender events per second reach the daemon,
+    /// whatever the number of offending sources; half of it is reserved for ban starts.
+    /// Withheld events are counted as events_suppressed; totals still reach the history
+    /// through table sampling [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub events_per_sec: Option<u32>,
     /// Capacity of the tracked-sources table [default: 1000000].
     #[arg(long, value_name = "N")]
     pub max_sources: Option<u32>,
@@ -437,6 +443,8 @@ pub struct Policy {
     pub agg_burst: u64,
     pub v4_agg_prefix: u8,
     pub v6_agg_prefix: u8,
+    /// The kernel's global event budget per second (`Config::events_per_sec`).
+    pub events_per_sec: u32,
 }
 
 /// Everything `monitor run` needs, merged and validated.
@@ -581,6 +589,8 @@ impl Settings {
             agg_burst,
             v4_agg_prefix,
             v6_agg_prefix,
+            events_per_sec: pick(&flags.events_per_sec, &file.events_per_sec)
+                .unwrap_or(kconfig::DEFAULT_EVENTS_PER_SEC),
         };
         policy.validate()?;
         let max_sources = pick(&flags.max_sources, &file.max_sources)
@@ -731,6 +741,13 @@ impl Policy {
                 "invalid --http-path {path:?}: must start with / and be at most {HTTP_PATH_MAX} ASCII bytes"
             )));
         }
+        if self.events_per_sec > kconfig::MAX_EVENTS_PER_SEC {
+            return Err(invalid(format!(
+                "invalid --events-per-sec {}: must be at most {}",
+                self.events_per_sec,
+                kconfig::MAX_EVENTS_PER_SEC
+            )));
+        }
         if self.ban.as_nanos() > u64::MAX as u128 / 4 {
             return Err(invalid(format!(
                 "invalid --ban {}: too long",
@@ -762,6 +779,7 @@ impl Policy {
         c.source = self.source_limit()?;
         c.aggregate = self.aggregate_limit()?;
         c.ban_ns = self.ban.as_nanos() as u64;
+        c.set_event_budget(self.events_per_sec);
         c.count_mode = self.count.kernel();
         c.action = self.action.kernel();
         c.flags = list_flags;
@@ -865,6 +883,14 @@ mod tests {
         let c = s.policy.kernel_config(0).unwrap();
         assert_eq!(c.source.burst(), 40);
         assert_eq!(c.v4_agg_prefix, 24);
+        assert!(c.is_valid(), "carries the magic number and version");
+        assert_eq!((c.events_per_sec, c.events_reserved), (1000, 500));
+        let c = Settings::resolve(&flags(|l| l.events_per_sec = Some(40)), None, None)
+            .unwrap()
+            .policy
+            .kernel_config(0)
+            .unwrap();
+        assert_eq!((c.events_per_sec, c.events_reserved), (40, 20));
     }
 
     #[test]
@@ -970,6 +996,7 @@ mod tests {
             Box::new(|l| l.iface.clear()),
             Box::new(|l| l.port.clear()),
             Box::new(|l| l.v4_prefix = Some(16)),
+            Box::new(|l| l.events_per_sec = Some(kconfig::MAX_EVENTS_PER_SEC + 1)),
             Box::new(|l| {
                 l.allow = vec!["10.0.0.0/8".parse().unwrap()];
                 l.deny = vec!["10.0.0.0/8".parse().unwrap()];

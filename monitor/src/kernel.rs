@@ -14,7 +14,7 @@ use aya::{
 };
 use monitor_common::{
     addr::{AddrKey, ListAddr},
-    config::Config,
+    config::{Config, ConfigSlots},
     maps::{
         ALL_MAPS, Ban, Bucket, FleetConfig, FleetCount, ListEntry, MAP_AGGREGATES, MAP_ALLOW,
         MAP_BANS, MAP_CONFIG, MAP_DENY, MAP_EVENTS, MAP_FLEET_CONFIG, MAP_FLEET_HITTERS, MAP_PORTS,
@@ -340,12 +340,79 @@ impl Stats {
 
 pub struct Kernel {
     ebpf: Ebpf,
+    /// `MON_CONFIG` mapped into this process, made on the first `set_config`.
+    config_map: Option<ConfigMapping>,
+}
+
+/// A shared mapping of `MON_CONFIG` (created `BPF_F_MMAPABLE`): the config writer stores the
+/// idle slot and then the index directly, in that order, which a map-update syscall (one
+/// memcpy of the whole value, index included, in no stated order) cannot promise.
+struct ConfigMapping {
+    ptr: *mut ConfigSlots,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by one `Kernel` and written only through `&mut Kernel`.
+unsafe impl Send for ConfigMapping {}
+unsafe impl Sync for ConfigMapping {}
+
+impl ConfigMapping {
+    fn new(fd: i32) -> std::io::Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let len = std::mem::size_of::<ConfigSlots>().div_ceil(page) * page;
+        // SAFETY: maps `len` bytes of the array's value area, which the kernel rounds up to
+        // whole pages; the mapping keeps the map alive until munmap.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+}
+
+impl Drop for ConfigMapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `new` mapped.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// Waits until every program run that began before the call has finished (an RCU grace
+/// period): XDP and TC programs run inside RCU read-side sections, and `membarrier`'s global
+/// command is `synchronize_rcu()`. Kernels booted with `nohz_full` refuse that command; there a
+/// sleep stands in, far longer than a program run (microseconds, with bottom halves off).
+fn wait_for_program_runs() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes no pointers.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if rc != 0 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 impl Kernel {
     /// Loads the object and both programs (not attached). Nothing is written to the maps:
-    /// `MON_CONFIG` reads as all zeros until `set_config` runs, and no port is monitored.
+    /// `MON_CONFIG` carries no magic until `set_config` runs (the programs pass everything),
+    /// and no port is monitored.
     pub fn load(opts: &LoadOptions) -> Result<Self> {
+        Self::load_object(OBJECT, opts)
+    }
+
+    /// `load` with another build of the object (the tests' `test-clock` build).
+    pub fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Self> {
         let max_sources = opts.max_sources.max(1);
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(MAP_SOURCES, max_sources);
@@ -364,7 +431,7 @@ impl Kernel {
                 loader.map_pin_path(name, path.as_path());
             }
         }
-        let mut ebpf = loader.load(OBJECT).map_err(|e| match (&opts.pin_dir, &e) {
+        let mut ebpf = loader.load(object).map_err(|e| match (&opts.pin_dir, &e) {
             (Some(dir), aya::EbpfError::MapError(MapError::PinError { .. }))
                 if load_hint(&e).is_empty() =>
             {
@@ -387,7 +454,10 @@ impl Kernel {
             };
             result.map_err(|source| program_load_error(name, source))?;
         }
-        Ok(Self { ebpf })
+        Ok(Self {
+            ebpf,
+            config_map: None,
+        })
     }
 
     /// The kernel's ids of the source and aggregate tables: they name the very tables a saved
@@ -475,14 +545,48 @@ impl Kernel {
         move |source| KernelError::Map { name, source }
     }
 
+    /// The live config (all zeros, without its magic, before the first `set_config`).
     pub fn config(&self) -> Result<Config> {
-        let array: Array<&MapData, Config> = self.typed(MAP_CONFIG)?;
-        array.get(&0, 0).map_err(Self::map_err(MAP_CONFIG))
+        let array: Array<&MapData, ConfigSlots> = self.typed(MAP_CONFIG)?;
+        let slots = array.get(&0, 0).map_err(Self::map_err(MAP_CONFIG))?;
+        Ok(*slots.live())
     }
 
+    /// Replaces the live config so that each packet sees the old one or the new one, never a
+    /// mix: writes the idle slot, publishes it, then waits until no program run can still be
+    /// reading the old slot, which the next call will overwrite (see `monitor_common::config`).
+    /// Costs one RCU grace period (milliseconds); packets are never held up.
     pub fn set_config(&mut self, config: &Config) -> Result<()> {
-        let mut array: Array<&mut MapData, Config> = self.typed_mut(MAP_CONFIG)?;
-        array.set(0, config, 0).map_err(Self::map_err(MAP_CONFIG))
+        if self.config_map.is_none() {
+            let fd = match self.map(MAP_CONFIG)? {
+                Map::Array(m) => m.fd().as_fd().as_raw_fd(),
+                _ => return Err(KernelError::Missing(MAP_CONFIG)),
+            };
+            let mapping = ConfigMapping::new(fd).map_err(|e| KernelError::Map {
+                name: MAP_CONFIG,
+                source: MapError::SyscallError(aya::sys::SyscallError {
+                    call: "mmap",
+                    io_error: e,
+                }),
+            })?;
+            self.config_map = Some(mapping);
+        }
+        let slots = self
+            .config_map
+            .as_ref()
+            .map(|m| m.ptr)
+            .expect("mapped above");
+        // SAFETY: `slots` points at the mapped value. Only this writer stores to it; readers
+        // never read the idle slot, and the last call waited for every run that read it while
+        // it was live. The index is published with release ordering after the slot's bytes.
+        unsafe {
+            let active = std::sync::atomic::AtomicU32::from_ptr(&raw mut (*slots).active);
+            let idle = (active.load(std::sync::atomic::Ordering::Relaxed) & 1) ^ 1;
+            std::ptr::write_volatile(&raw mut (*slots).slots[idle as usize], *config);
+            active.store(idle, std::sync::atomic::Ordering::Release);
+        }
+        wait_for_program_runs();
+        Ok(())
     }
 
     /// Sets the `port_flags` of one port (0 stops monitoring it).

@@ -36,11 +36,17 @@ impl Twin {
         })
     }
 
+    /// Changes the limit live, as `monitor set` does: every key keeps its state, which the
+    /// next request clamps to the new limit (`Limit::step`).
+    pub fn set_limit(&mut self, limit: Limit) {
+        self.limit = limit;
+    }
+
     /// What the kernel would decide for a request from `src` at `now_ns`, without changing state.
     pub fn would_admit(&self, src: &AddrKey, now_ns: u64) -> bool {
         match self.tats.get(&self.key(src)) {
             None => true,
-            Some(&tat) => self.limit.admit(tat, now_ns).is_some(),
+            Some(&tat) => self.limit.step(tat, now_ns).admitted,
         }
     }
 
@@ -52,13 +58,11 @@ impl Twin {
                 self.tats.insert(key, self.limit.first(now_ns));
                 true
             }
-            Some(tat) => match self.limit.admit(tat, now_ns) {
-                Some(new_tat) => {
-                    self.tats.insert(key, new_tat);
-                    true
-                }
-                None => false,
-            },
+            Some(tat) => {
+                let step = self.limit.step(tat, now_ns);
+                self.tats.insert(key, step.tat);
+                step.admitted
+            }
         }
     }
 

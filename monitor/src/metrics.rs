@@ -42,6 +42,7 @@ pub struct Metrics {
     list_entries: Family<ListLabel, Gauge>,
     pub events_received: Counter,
     pub events_lost: Counter,
+    pub events_suppressed: Counter,
     pub events_emitted: Counter,
     pub event_lines_held: Counter,
     pub samples: Counter,
@@ -79,6 +80,7 @@ impl Metrics {
             list_entries: Family::default(),
             events_received: Counter::default(),
             events_lost: Counter::default(),
+            events_suppressed: Counter::default(),
             events_emitted: Counter::default(),
             event_lines_held: Counter::default(),
             samples: Counter::default(),
@@ -138,6 +140,12 @@ impl Metrics {
             "events_lost",
             "Offender events the kernel lost to a full ring buffer",
             m.events_lost.clone(),
+        );
+        registry.register(
+            "events_suppressed",
+            "Offender events the kernel withheld to stay within its global event budget \
+             (--events-per-sec); the table sampler still records every offender",
+            m.events_suppressed.clone(),
         );
         registry.register(
             "events_received",
@@ -285,8 +293,12 @@ impl Metrics {
         let lost = stats
             .get(Stat::EventsLost)
             .saturating_sub(seen.get(Stat::EventsLost));
+        let suppressed = stats
+            .get(Stat::EventsSuppressed)
+            .saturating_sub(seen.get(Stat::EventsSuppressed));
         self.events_emitted.inc_by(emitted);
         self.events_lost.inc_by(lost);
+        self.events_suppressed.inc_by(suppressed);
         *seen = *stats;
     }
 

@@ -2,12 +2,15 @@
 
 use std::net::IpAddr;
 
-use aya::programs::{ProgramError, TestRun, TestRunOptions};
+use aya::{
+    maps::{Array, MapData},
+    programs::{ProgramError, TestRun, TestRunOptions},
+};
 use monitor::kernel::{Kernel, LoadOptions, Stats};
 use monitor_common::{
     addr::{AddrKey, AddrMask},
     config::{Config, count_mode, port_flags},
-    maps::Bucket,
+    maps::{Bucket, MAP_TEST_CLOCK},
     rate::{Limit, NANOS_PER_SEC},
     stats::Stat,
 };
@@ -32,6 +35,20 @@ pub enum Verdict {
 /// The port tests monitor unless they say otherwise.
 pub const LOOKUP_PORT: u16 = 8443;
 
+/// The object built by tests/build.rs with the `test-clock` feature: `now` is what the test
+/// writes with [`Loaded::set_now`] (the real clock until then).
+pub static TEST_CLOCK_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor-ebpf"));
+
+/// Which build of the kernel object a test loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Object {
+    /// The daemon's own object.
+    Production,
+    /// The `test-clock` build.
+    TestClock,
+}
+
 /// The loaded object, run from a thread in a private network namespace (see `conns`).
 ///
 /// `run` and its relatives give every TCP frame a real connection with its exact addresses
@@ -53,11 +70,26 @@ impl Loaded {
     }
 
     pub fn with_capacity(config: Config, max_sources: u32) -> Self {
+        Self::load(config, max_sources, Object::Production)
+    }
+
+    /// The `test-clock` object, its clock set to `now_ns` (so every arrival time is exact).
+    pub fn clocked(config: Config, now_ns: u64) -> Self {
+        let mut k = Self::load(config, 4096, Object::TestClock);
+        k.set_now(now_ns);
+        k
+    }
+
+    pub fn load(config: Config, max_sources: u32, object: Object) -> Self {
         let netns = ThreadNetns::enter();
-        let mut kernel = Kernel::load(&LoadOptions {
+        let opts = LoadOptions {
             max_sources,
             pin_dir: None,
-        })
+        };
+        let mut kernel = match object {
+            Object::Production => Kernel::load(&opts),
+            Object::TestClock => Kernel::load_object(TEST_CLOCK_OBJECT, &opts),
+        }
         .expect("load the eBPF object (tests need root)");
         kernel.set_config(&config).expect("write config");
         kernel
@@ -68,6 +100,25 @@ impl Loaded {
             conns: Conns::default(),
             _netns: netns,
         }
+    }
+
+    /// Sets the `test-clock` object's `now` (panics on the production object, which has no
+    /// clock map: a test that means to control time must not silently run on the real clock).
+    pub fn set_now(&mut self, now_ns: u64) {
+        assert!(now_ns != 0, "0 means the real clock");
+        let map = self
+            .kernel
+            .ebpf_mut()
+            .map_mut(MAP_TEST_CLOCK)
+            .expect("set_now needs the test-clock object (Loaded::clocked)");
+        let mut clock: Array<&mut MapData, u64> = Array::try_from(map).expect("clock map");
+        clock.set(0, now_ns, 0).expect("write the test clock");
+    }
+
+    /// Runs `frame` at `now_ns` on the test clock.
+    pub fn run_at(&mut self, hook: Hook, frame: &[u8], now_ns: u64) -> Verdict {
+        self.set_now(now_ns);
+        self.run(hook, frame)
     }
 
     pub fn run(&mut self, hook: Hook, frame: &[u8]) -> Verdict {

@@ -2,10 +2,7 @@
 //! source on the monitored ports (requests or not) until it expires by timestamp in the kernel,
 //! and survives a spoofed flood that washes the source's own bucket out of the LRU table.
 
-use std::{
-    thread::sleep,
-    time::{Duration, Instant},
-};
+use std::time::Instant;
 
 use monitor::clock::kernel_now_ns;
 use monitor_common::{
@@ -47,35 +44,29 @@ fn everything(src: &str) -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-/// Sleeps until the kernel's clock reads at least `instant`.
-fn sleep_until(instant: u64) {
-    loop {
-        let now = kernel_now_ns();
-        if now >= instant {
-            return;
-        }
-        sleep(Duration::from_nanos(instant - now));
-    }
-}
-
 #[test]
 fn a_ban_starts_on_excess_drops_everything_and_expires_on_time() {
     const BAN_NS: u64 = NANOS_PER_SEC;
     // 10/s: by the time the one-second ban is over, the budget has refilled.
-    let mut k = Loaded::new(Config {
-        source: Limit::new(10, NANOS_PER_SEC, 3).unwrap(),
-        ban_ns: BAN_NS,
-        ..Config::default()
-    });
+    // On the test clock: every instant below is exact, so each assert always runs.
+    let mut clock = 1_000 * NANOS_PER_SEC;
+    let mut k = Loaded::clocked(
+        Config {
+            source: Limit::new(10, NANOS_PER_SEC, 3).unwrap(),
+            ban_ns: BAN_NS,
+            ..Config::default()
+        },
+        clock,
+    );
     let mut banned = Vec::new();
     for (h, hook) in HOOKS.into_iter().enumerate() {
         for src in [v4_source(h as u8, 1), v6_source(h as u8, 1)] {
             let request = Frame::request(&src, LOOKUP_PORT).build();
+            clock += 10_000_000;
+            k.set_now(clock);
             assert_eq!(k.passes(hook, &request, 3), 3, "{hook:?} {src}: the burst");
             let before = k.stats();
-            let t0 = kernel_now_ns();
             assert_eq!(k.run(hook, &request), Verdict::Drop, "{hook:?} {src}: over");
-            let t1 = kernel_now_ns();
             k.expect_stats(
                 &format!("{hook:?} {src}: the request that starts the ban"),
                 &before,
@@ -91,10 +82,7 @@ fn a_ban_starts_on_excess_drops_everything_and_expires_on_time() {
             );
             let key = source_key(&src, &k.config());
             let until = ban_of(&k, &key).expect("MON_BANS holds the ban");
-            assert!(
-                (t0 + BAN_NS..=t1 + BAN_NS).contains(&until),
-                "{hook:?} {src}: ban until {until}, started in [{t0}, {t1}]"
-            );
+            assert_eq!(until, clock + BAN_NS, "{hook:?} {src}: ban deadline");
             assert_eq!(k.source_bucket(&src).unwrap().ban_until_ns, until);
             banned.push((hook, src, key, until));
         }
@@ -127,18 +115,14 @@ fn a_ban_starts_on_excess_drops_everything_and_expires_on_time() {
         );
     }
 
-    // Just before the deadline (the clock read after the run is still short of it, so the
-    // kernel's was too) the ban holds; once the clock is past it, it is gone.
-    let last = banned.iter().map(|b| b.3).max().unwrap();
-    let first = banned.iter().map(|b| b.3).min().unwrap();
-    sleep_until(first - 150_000_000);
+    // A nanosecond before its deadline each ban holds; at the deadline it is gone.
     for (hook, src, _, until) in &banned {
+        k.set_now(until - 1);
         let verdict = k.run(*hook, &Frame::tcp(src, LOOKUP_PORT, TCP_ACK, b"").build());
-        if kernel_now_ns() < *until {
-            assert_eq!(verdict, Verdict::Drop, "{hook:?} {src}: ban ended early");
-        }
+        assert_eq!(verdict, Verdict::Drop, "{hook:?} {src}: ban ended early");
     }
-    sleep_until(last + 1);
+    let last = banned.iter().map(|b| b.3).max().unwrap();
+    k.set_now(last);
     for (hook, src, key, _) in &banned {
         let request = Frame::request(src, LOOKUP_PORT).build();
         let before = k.stats();

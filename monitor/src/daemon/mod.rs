@@ -169,8 +169,10 @@ impl<M: Maps> Shared<M> {
 
     pub async fn save_fleet_cursor(&self, stream_id: String) {
         let history = self.history.clone();
-        let result =
-            tokio::task::spawn_blocking(move || lock(&history).history.set_fleet_cursor(&stream_id)).await;
+        let result = tokio::task::spawn_blocking(move || {
+            lock(&history).history.set_fleet_cursor(&stream_id)
+        })
+        .await;
         if let Ok(Err(e)) = result {
             self.metrics.history_errors.inc();
             warn!("{e}");
