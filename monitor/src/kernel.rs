@@ -783,13 +783,13 @@ impl Kernel {
         let mut lists = [0; 2];
         for (i, list) in [List::Allow, List::Deny].into_iter().enumerate() {
             let name = list.map_name();
-            let expired: Vec<Key<[u8; 16]>> = self
+            let expired: Vec<Key<ListAddr>> = self
                 .list_entries(list)?
                 .into_iter()
                 .filter(|(_, e)| e.expires_ns != 0 && e.expires_ns <= now_ns)
                 .map(|(cidr, _)| {
-                    let (key, len) = cidr.to_mapped();
-                    Key::new(len, key.addr)
+                    let (key, len) = cidr.to_list_key();
+                    Key::new(len, key)
                 })
                 .collect();
             if expired.is_empty() {

@@ -58,8 +58,11 @@ fn a_ban_write_keeps_the_kernels_concurrent_counts() {
         })
         .expect("load the eBPF object (tests need root)")
     };
+    // Packets mode: the raw test runs below have no connection behind them, and this test is
+    // about concurrent writes to the bucket, not about what counts.
     let config = Config {
         source: Limit::new(1_000_000_000, NANOS_PER_SEC, 1_000_000_000).unwrap(),
+        count_mode: monitor_common::config::count_mode::PACKETS,
         ..Config::default()
     };
     let mut data = load();
