@@ -54,14 +54,7 @@ pub fn read_all<K: aya::Pod, V: aya::Pod>(map_fd: i32) -> io::Result<Vec<(K, V)>
             map_fd: map_fd as u32,
             ..Default::default()
         };
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                size_of::<BatchAttr>() as u32,
-            )
-        };
+        let ret = batch_syscall(BPF_MAP_LOOKUP_BATCH, &mut attr);
         let done = match (ret < 0).then(io::Error::last_os_error) {
             None => false,
             // ENOENT: the walk reached the end; `count` says how many entries came with it.
@@ -84,6 +77,20 @@ pub fn read_all<K: aya::Pod, V: aya::Pod>(map_fd: i32) -> io::Result<Vec<(K, V)>
     }
 }
 
+/// One batch command on `attr` (the kernel reads and updates it in place); the raw return.
+fn batch_syscall(cmd: libc::c_long, attr: &mut BatchAttr) -> libc::c_long {
+    // SAFETY: `attr` is a valid, exclusively borrowed `bpf_attr` prefix of the size passed; the
+    // buffers it points to are owned by the caller and sized for `attr.count` entries.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            size_of::<BatchAttr>() as u32,
+        )
+    }
+}
+
 /// Writes every (key, value) pair into a hash or LRU hash map. `K` and `V` must be the map's
 /// exact key and value types (plain `#[repr(C)]` data).
 pub fn write_all<K: aya::Pod, V: aya::Pod>(map_fd: i32, entries: &[(K, V)]) -> io::Result<()> {
@@ -97,14 +104,7 @@ pub fn write_all<K: aya::Pod, V: aya::Pod>(map_fd: i32, entries: &[(K, V)]) -> i
             map_fd: map_fd as u32,
             ..Default::default()
         };
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_UPDATE_BATCH,
-                &mut attr as *mut BatchAttr,
-                size_of::<BatchAttr>() as u32,
-            )
-        };
+        let ret = batch_syscall(BPF_MAP_UPDATE_BATCH, &mut attr);
         if ret < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -126,14 +126,7 @@ pub fn delete_all<K: aya::Pod>(map_fd: i32, keys: &[K]) -> io::Result<usize> {
             map_fd: map_fd as u32,
             ..Default::default()
         };
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_DELETE_BATCH,
-                &mut attr as *mut BatchAttr,
-                size_of::<BatchAttr>() as u32,
-            )
-        };
+        let ret = batch_syscall(BPF_MAP_DELETE_BATCH, &mut attr);
         // On failure `count` is the number deleted before the failing key.
         let done = (attr.count as usize).min(chunk.len());
         if ret < 0 {
