@@ -20,8 +20,9 @@ use monitor_common::{
 
 use crate::{
     classify::{Verdict, classify},
+    clock::Now,
     frame::XdpFrame,
-    limit::{Charge, charge_bucket},
+    limit::{Charge, charge_bucket, charge_source},
     maps::{MON_CONFIG, MON_PORTS, MON_SOURCES, count},
     parse::{IPPROTO_TCP, Parsed, Transport, parse},
 };
@@ -265,11 +266,6 @@ pub fn cut_all(ctx: XdpContext) -> u32 {
     v
 }
 
-/// How far the coarse clock may lag the fine one for `cut_coarse` to trust it (it moves once
-/// per tick: 4 ms at HZ=250); generous, because a lag beyond it could refuse a request the fine
-/// clock would admit.
-const COARSE_LAG_NS: u64 = 20_000_000;
-
 /// Step 3 with the coarse clock (bpf_ktime_get_coarse_ns) instead of the fine one.
 #[xdp]
 pub fn step_coarse(ctx: XdpContext) -> u32 {
@@ -284,12 +280,9 @@ pub fn step_coarse(ctx: XdpContext) -> u32 {
     }
 }
 
-/// Cut: the fine clock only when the coarse one cannot decide. Reading the bucket first, a
-/// request that does not fit even at the latest time the coarse clock allows
-/// (`coarse + COARSE_LAG_NS`) is refused for certain, with the same verdict the fine clock
-/// would give; everything else reads the fine clock and runs the GCRA step as today. A source
-/// flooding over its limit is refused on the coarse clock except in the last
-/// `COARSE_LAG_NS` before each of its admissions.
+/// Step 5 as the product now runs it (`limit::charge_source`): the bucket read first, and a
+/// request that cannot fit at any instant the fine clock can read is refused on the coarse
+/// clock; everything else reads the fine clock and runs the GCRA step as `step_gcra` does.
 #[xdp]
 pub fn cut_coarse(ctx: XdpContext) -> u32 {
     let Some(pkt) = transport(&ctx) else {
@@ -302,15 +295,5 @@ pub fn cut_coarse(ctx: XdpContext) -> u32 {
     let Some(b) = MON_SOURCES.get_ptr_mut(key) else {
         return ABORT;
     };
-    let latest = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() } + COARSE_LAG_NS;
-    let tat = crate::atomic::load(unsafe { &raw const (*b).tat_ns });
-    if tat > latest && tat - latest + cfg.source.interval_ns > cfg.source.tolerance_ns {
-        unsafe {
-            (*b).requests += 1;
-            (*b).refused += 1;
-        }
-        return DROP;
-    }
-    let now = unsafe { bpf_ktime_get_ns() };
-    verdict(charge_bucket(b, &cfg.source, now))
+    verdict(charge_source(b, &cfg.source, &mut Now::read()))
 }

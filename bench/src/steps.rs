@@ -14,7 +14,7 @@ use aya::{
 };
 use monitor_common::{
     addr::AddrKey,
-    config::{Config, count_mode, port_flags},
+    config::{Config, ConfigSlots, count_mode, port_flags},
     maps::Bucket,
 };
 use serde::Serialize;
@@ -149,9 +149,9 @@ pub fn run(bench: &mut Bench, rounds: usize, repeat: u32) -> anyhow::Result<Step
             ..Config::default()
         };
         let e = &mut bench.ebpf;
-        let mut c: Array<&mut MapData, Config> =
+        let mut c: Array<&mut MapData, ConfigSlots> =
             Array::try_from(e.map_mut("MON_CONFIG").context("MON_CONFIG")?)?;
-        c.set(0, cfg, 0)?;
+        c.set(0, ConfigSlots::new(cfg), 0)?;
         let mut live = Live {
             config: cfg,
             tcp: [0; 1024],

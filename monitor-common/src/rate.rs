@@ -28,6 +28,30 @@
 //!
 //! The state fits in one `u64`, so the kernel updates it with a single
 //! compare-and-swap and stays exact when one source's packets are processed on several CPUs.
+//!
+//! **Refusing on the coarse clock.** Reading the kernel's fine clock (`bpf_ktime_get_ns`)
+//! costs more than the rest of the GCRA path together, and a source flooding over its limit
+//! is refused on almost every packet. [`Limit::refuses_throughout`] lets the kernel refuse such
+//! a request on the cheap coarse clock (`bpf_ktime_get_coarse_ns`) with exactly the verdict the
+//! fine clock gives. Why it is exact:
+//!
+//! 1. For a fixed state `tat` (and a burst of at least 1, as `Limit::new` builds), the arrival
+//!    times `now` at which `step` refuses form one interval, `[tat - tau, tat - tau + T)`:
+//!    below it the clamp fires and admits, from its end on the budget has refilled.
+//!    So `step` refuses at every `now` between two instants if and only if it refuses at both.
+//! 2. The coarse clock is the fine clock's reading at the kernel's last timekeeping update (a
+//!    tick), so the fine clock at the same moment lies in `[coarse, coarse + lag]`, with `lag`
+//!    at most one tick (4 ms at HZ=250, 10 ms at HZ=100) on a CPU that is processing packets.
+//! 3. The kernel asks `refuses_throughout(tat, coarse, coarse + COARSE_MARGIN_NS)`, with the
+//!    margin twice the longest common tick. When it says yes, the fine clock would have
+//!    refused too, whatever it read; when it says no, the kernel reads the fine clock and runs
+//!    `step` as usual. Either way the verdict and the stored state are the fine clock's.
+//!
+//! A source flooding over its limit is refused on the coarse clock except in the last
+//! `COARSE_MARGIN_NS` before each of its admissions. If the coarse clock ever lagged by more
+//! than the margin (a CPU whose tick stayed stopped that long: `nohz_full`), a request could
+//! be refused up to `lag - COARSE_MARGIN_NS` before the fine clock would admit it; nothing
+//! else changes, and a refused request costs no budget.
 
 /// One level's limit in the units the kernel uses.
 #[repr(C)]
@@ -49,6 +73,10 @@ pub struct Step {
 
 /// Nanoseconds in the period that rates are expressed against.
 pub const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+/// How far behind the fine clock the kernel assumes the coarse clock may be (see the module
+/// documentation): twice the 10 ms tick of HZ=100, five ticks at HZ=250.
+pub const COARSE_MARGIN_NS: u64 = 20_000_000;
 
 impl Limit {
     /// `per` requests per `period_ns`, with a burst of `burst`. Returns `None` for a zero rate
@@ -109,6 +137,16 @@ impl Limit {
                 tat,
             },
         }
+    }
+
+    /// Whether `step(tat, now)` refuses for every `now` in `earliest..=latest`: the kernel's
+    /// refusal on the coarse clock, with `earliest` the coarse reading and `latest` that plus
+    /// [`COARSE_MARGIN_NS`]. Exact because the instants at which `step` refuses form one
+    /// interval (see the module documentation), so refusing at both ends is refusing
+    /// throughout.
+    #[inline(always)]
+    pub fn refuses_throughout(&self, tat: u64, earliest: u64, latest: u64) -> bool {
+        !self.step(tat, earliest).admitted && !self.step(tat, latest).admitted
     }
 
     /// The GCRA step without the clamp. Returns the new `tat` when the request is admitted,
@@ -226,6 +264,72 @@ mod tests {
             }
             tat = step.tat;
         }
+    }
+
+    /// The claim `refuses_throughout` rests on: for a fixed state, the instants at which
+    /// `step` refuses form one interval. Checked over seeded random limits (including live
+    /// limit changes, whose states the clamp handles), states and windows up to the margin wide,
+    /// at 65 instants of each window: whenever both ends refuse, every instant between
+    /// refuses; whenever one end admits, the function says no.
+    #[test]
+    fn refusing_at_both_ends_of_a_window_is_refusing_throughout() {
+        let mut x: u64 = 0x5eed_c0a5;
+        let mut rand = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let (mut yes, mut no) = (0, 0);
+        for _ in 0..20_000 {
+            let interval = 1 + rand(20 * COARSE_MARGIN_NS);
+            let burst = 1 + rand(8);
+            let l = Limit {
+                interval_ns: interval,
+                tolerance_ns: interval * burst,
+            };
+            let base = 1_000 * NANOS_PER_SEC;
+            // States from idle to far ahead (as a slower limit leaves them).
+            let tat = base + rand(3 * l.tolerance_ns + 2 * COARSE_MARGIN_NS);
+            let earliest = base + rand(3 * l.tolerance_ns + COARSE_MARGIN_NS);
+            let latest = earliest + rand(COARSE_MARGIN_NS + 1);
+            let sure = l.refuses_throughout(tat, earliest, latest);
+            let points = 64;
+            let mut admitted_inside = false;
+            for i in 0..=points {
+                let now = earliest + (latest - earliest) * i / points;
+                admitted_inside |= l.step(tat, now).admitted;
+            }
+            if sure {
+                yes += 1;
+                assert!(!admitted_inside, "{l:?} tat {tat} [{earliest}, {latest}]");
+            } else {
+                no += 1;
+                assert!(
+                    l.step(tat, earliest).admitted || l.step(tat, latest).admitted,
+                    "{l:?} tat {tat} [{earliest}, {latest}]"
+                );
+            }
+        }
+        assert!(
+            yes > 1_000 && no > 1_000,
+            "{yes} sure refusals, {no} others"
+        );
+    }
+
+    /// A source flooding over a slow limit is refused on the coarse clock except in the last
+    /// `COARSE_MARGIN_NS` before its next admission, and never when the fine clock admits.
+    #[test]
+    fn a_flood_is_refused_on_the_coarse_clock_until_the_margin_before_its_next_admission() {
+        let l = per_sec(10, 1); // one request per 100 ms
+        let now = 1_000 * NANOS_PER_SEC;
+        let tat = l.first(now);
+        let refill = tat - l.tolerance_ns + l.interval_ns; // the fine clock admits from here
+        assert!(l.refuses_throughout(tat, now, now + COARSE_MARGIN_NS));
+        let last_sure = refill - COARSE_MARGIN_NS - 1;
+        assert!(l.refuses_throughout(tat, last_sure, last_sure + COARSE_MARGIN_NS));
+        assert!(!l.refuses_throughout(tat, last_sure + 1, last_sure + 1 + COARSE_MARGIN_NS));
+        assert!(!l.step(tat, refill - 1).admitted && l.step(tat, refill).admitted);
     }
 
     #[test]

@@ -21,9 +21,10 @@ use monitor_common::{
 };
 
 use crate::{
-    clock, conn,
+    clock::Now,
+    conn,
     frame::Frame,
-    limit::{Charge, charge_bucket, charge_key, insert_new},
+    limit::{Charge, charge_key, charge_source, insert_new},
     maps::{MON_AGGS, MON_CONFIG, MON_PORTS, MON_SCRATCH, MON_SOURCES, count},
     parse::{IPPROTO_TCP, ParseError, Parsed, TCP_FLAG_ACK, TCP_FLAG_SYN, Transport, parse},
     policy,
@@ -95,8 +96,9 @@ pub fn classify<F: Frame>(frame: &F) -> Verdict {
         return not_monitored();
     }
     count(Stat::Monitored);
-    let now = clock::now();
-    let verdict = decide(frame, pkt, cfg, now);
+    // The coarse clock; the fine one is read only where a decision needs it (`clock`).
+    let mut now = Now::read();
+    let verdict = decide(frame, pkt, cfg, &mut now);
     count(match verdict {
         Verdict::Pass => Stat::Passed,
         Verdict::Drop => Stat::Dropped,
@@ -130,7 +132,7 @@ fn over_limit(cfg: &Config, reason: Stat) -> Verdict {
 }
 
 #[inline(always)]
-fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: u64) -> Verdict {
+fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: &mut Now) -> Verdict {
     let src = &pkt.src;
     if cfg.flags & config_flags::HAS_ALLOW != 0 && policy::allowlisted(src, pkt.is_v4, now) {
         count(Stat::Allowlisted);
@@ -181,8 +183,8 @@ fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: u64) -> Verdi
     }
     count(Stat::Requests);
     let (charge, bucket) = match bucket {
-        Some(bucket) => (charge_bucket(bucket, &cfg.source, now), Some(bucket)),
-        None => insert_new(&MON_SOURCES, &key, &cfg.source, now),
+        Some(bucket) => (charge_source(bucket, &cfg.source, now), Some(bucket)),
+        None => insert_new(&MON_SOURCES, &key, &cfg.source, now.fine()),
     };
 
     if charge == Charge::Refused {
@@ -195,12 +197,13 @@ fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: u64) -> Verdi
         return Verdict::Pass;
     }
     let agg_key = src.masked(agg_mask);
-    let (charge, agg_bucket) = charge_key(&MON_AGGS, &agg_key, &cfg.aggregate, now);
+    let (charge, agg_bucket) = charge_key(&MON_AGGS, &agg_key, &cfg.aggregate, now.fine());
     if charge == Charge::Refused {
         if let Some(agg_bucket) = agg_bucket
             && policy::claim_event_slot(agg_bucket, now, false)
-            && policy::take_event_budget(cfg, now, false)
+            && policy::take_event_budget(cfg, now.fine(), false)
         {
+            let now = now.fine();
             let prefix = if pkt.is_v4 {
                 cfg.v4_agg_prefix
             } else {
@@ -230,10 +233,11 @@ fn source_over_limit<F: Frame>(
     key: &AddrKey,
     pkt: &Transport,
     cfg: &Config,
-    now: u64,
+    now: &mut Now,
 ) {
     let mut ban_until = 0;
     if cfg.ban_ns != 0 {
+        let now = now.fine();
         // Log records are about conditions, not packets: at most one per kind per second.
         if policy::start_ban(bucket, key, now + cfg.ban_ns) {
             ban_until = now + cfg.ban_ns;
@@ -255,8 +259,9 @@ fn source_over_limit<F: Frame>(
         }
     }
     if policy::claim_event_slot(bucket, now, ban_until != 0)
-        && policy::take_event_budget(cfg, now, ban_until != 0)
+        && policy::take_event_budget(cfg, now.fine(), ban_until != 0)
     {
+        let now = now.fine();
         let prefix = if pkt.is_v4 {
             cfg.v4_prefix
         } else {

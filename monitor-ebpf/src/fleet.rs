@@ -16,6 +16,8 @@ use monitor_common::{
     maps::{Bucket, FleetConfig, FleetCount, MAX_FLEET_HITTERS},
 };
 
+use crate::clock::Now;
+
 #[map]
 pub static MON_FLEET_CFG: Array<FleetConfig> = Array::with_max_entries(1, 0);
 
@@ -25,7 +27,7 @@ pub static MON_FLEET_HH: LruHashMap<AddrKey, FleetCount> =
 
 /// Counts one request of the source `key`, whose bucket is about to count it.
 #[inline(always)]
-pub fn note(key: &AddrKey, bucket: *const Bucket, now: u64) {
+pub fn note(key: &AddrKey, bucket: *const Bucket, now: &mut Now) {
     let Some(cfg) = MON_FLEET_CFG.get(0) else {
         return;
     };
@@ -37,7 +39,7 @@ pub fn note(key: &AddrKey, bucket: *const Bucket, now: u64) {
         return;
     }
     let step = cfg.step_mask + 1;
-    let interval = now / cfg.interval_ns;
+    let interval = now.fine() / cfg.interval_ns;
     match MON_FLEET_HH.get_ptr_mut(key) {
         // Plain updates: a lost increment under a race between CPUs undercounts by one step,
         // which the floor's margin absorbs; the limit itself is enforced by the ban.

@@ -1,10 +1,11 @@
 //! Charging one request to one level's bucket: the GCRA step of `monitor_common::rate`, made
-//! safe for several CPUs by a compare-and-swap on the bucket's `tat_ns`.
+//! safe for several CPUs by a compare-and-swap on the bucket's `tat_ns`, and refused without
+//! the fine clock when the coarse one already decides (`charge_source`).
 
 use aya_ebpf::maps::LruHashMap;
 use monitor_common::{addr::AddrKey, maps::Bucket, rate::Limit, stats::Stat};
 
-use crate::{atomic, maps::count};
+use crate::{atomic, clock, clock::Now, maps::count};
 
 /// CAS attempts before falling back to an atomic add. Losing this many races in a row needs
 /// several CPUs updating one key at once; the verifier needs the retry loop bounded anyway.
@@ -57,6 +58,24 @@ pub fn charge_bucket(bucket: *mut Bucket, limit: &Limit, now: u64) -> Charge {
     atomic::add(tat_ptr, limit.interval_ns.wrapping_neg());
     unsafe { (*bucket).refused += 1 };
     Charge::Refused
+}
+
+/// Charges a source's request on its bucket. A request that `step` would refuse at every
+/// instant the fine clock can read (`Limit::refuses_throughout` on the coarse clock's bounds)
+/// is refused here, reading only: the same verdict, and the same unchanged state, as
+/// `charge_bucket` on the fine clock. Anything else reads the fine clock and charges as usual.
+#[inline(always)]
+pub fn charge_source(bucket: *mut Bucket, limit: &Limit, now: &mut Now) -> Charge {
+    let tat = atomic::load(unsafe { &raw const (*bucket).tat_ns });
+    if limit.refuses_throughout(tat, now.earliest(), now.latest()) {
+        unsafe {
+            (*bucket).requests += 1;
+            (*bucket).refused += 1;
+        }
+        clock::note_coarse_refusal();
+        return Charge::Refused;
+    }
+    charge_bucket(bucket, limit, now.fine())
 }
 
 /// Looks the key up, creating its bucket (admitted, first request) when missing. Returns the

@@ -26,9 +26,11 @@ pub static MON_CONFIG: Array<ConfigSlots> = Array::with_max_entries(1, BPF_F_MMA
 #[map]
 pub static MON_STATE: Array<KernelState> = Array::with_max_entries(1, 0);
 
+/// [0] the fine `now` (0: the real clocks), [1] how far the coarse clock lags it, [2] requests
+/// refused on the coarse clock (see `clock`).
 #[cfg(feature = "test-clock")]
 #[map]
-pub static MON_TEST_CLOCK: Array<u64> = Array::with_max_entries(1, 0);
+pub static MON_TEST_CLOCK: Array<u64> = Array::with_max_entries(3, 0);
 
 #[map]
 pub static MON_PORTS: Array<u8> = Array::with_max_entries(PORT_SLOTS, 0);

@@ -13,6 +13,7 @@ use monitor_common::{
 
 use crate::{
     atomic,
+    clock::Now,
     limit::BPF_NOEXIST,
     maps::{MON_ALLOW, MON_BANS, MON_DENY, MON_EVENTS, MON_SOURCES, MON_STATE, count},
 };
@@ -24,32 +25,32 @@ const BUDGET_ATTEMPTS: usize = 4;
 const EVENT_SPACING_NS: u64 = 1_000_000_000;
 
 #[inline(always)]
-fn listed(trie: &LpmTrie<ListAddr, ListEntry>, src: &AddrKey, is_v4: bool, now: u64) -> bool {
+fn listed(trie: &LpmTrie<ListAddr, ListEntry>, src: &AddrKey, is_v4: bool, now: &mut Now) -> bool {
     match trie.get(Key::new(LIST_KEY_BITS, ListAddr::new(src, is_v4))) {
-        Some(entry) => entry.expires_ns == 0 || entry.expires_ns > now,
+        Some(entry) => entry.expires_ns == 0 || now.is_before(entry.expires_ns),
         None => false,
     }
 }
 
 #[inline(always)]
-pub fn allowlisted(src: &AddrKey, is_v4: bool, now: u64) -> bool {
+pub fn allowlisted(src: &AddrKey, is_v4: bool, now: &mut Now) -> bool {
     listed(&MON_ALLOW, src, is_v4, now)
 }
 
 #[inline(always)]
-pub fn denylisted(src: &AddrKey, is_v4: bool, now: u64) -> bool {
+pub fn denylisted(src: &AddrKey, is_v4: bool, now: &mut Now) -> bool {
     listed(&MON_DENY, src, is_v4, now)
 }
 
 /// The ban deadline a bucket carries, clearing it (and the authoritative `MON_BANS` entry)
 /// once it has passed. Returns true while the ban holds.
 #[inline(always)]
-pub fn bucket_banned(bucket: *mut Bucket, key: &AddrKey, now: u64) -> bool {
+pub fn bucket_banned(bucket: *mut Bucket, key: &AddrKey, now: &mut Now) -> bool {
     let until = unsafe { (*bucket).ban_until_ns };
     if until == 0 {
         return false;
     }
-    if until > now {
+    if now.is_before(until) {
         return true;
     }
     unsafe { (*bucket).ban_until_ns = 0 };
@@ -60,9 +61,9 @@ pub fn bucket_banned(bucket: *mut Bucket, key: &AddrKey, now: u64) -> bool {
 /// The ban deadline in `MON_BANS` for a key with no bucket (new, or evicted by a flood), or 0.
 /// An expired entry is deleted on sight.
 #[inline(always)]
-pub fn stored_ban(key: &AddrKey, now: u64) -> u64 {
+pub fn stored_ban(key: &AddrKey, now: &mut Now) -> u64 {
     match unsafe { MON_BANS.get(key) } {
-        Some(ban) if ban.until_ns > now => ban.until_ns,
+        Some(ban) if now.is_before(ban.until_ns) => ban.until_ns,
         Some(_) => {
             let _ = MON_BANS.remove(key);
             0
@@ -102,11 +103,17 @@ pub fn start_ban(bucket: *mut Bucket, key: &AddrKey, until_ns: u64) -> bool {
 }
 
 /// Whether this CPU may emit an event for the bucket now (at most one per key per second;
-/// ban starts always may). Claims the slot with a CAS so two CPUs never both emit.
+/// ban starts always may). Claims the slot with a CAS so two CPUs never both emit. The fine
+/// clock is read only when the coarse clock's bounds cannot rule the event out.
 #[inline(always)]
-pub fn claim_event_slot(bucket: *mut Bucket, now: u64, always: bool) -> bool {
+pub fn claim_event_slot(bucket: *mut Bucket, now: &mut Now, always: bool) -> bool {
     let slot = unsafe { &raw mut (*bucket).last_event_ns };
     let last = atomic::load(slot);
+    // Every instant the fine clock can read is within the spacing after `last`.
+    if !always && last <= now.earliest() && now.latest() - last < EVENT_SPACING_NS {
+        return false;
+    }
+    let now = now.fine();
     if !always && now.wrapping_sub(last) < EVENT_SPACING_NS {
         return false;
     }

@@ -11,7 +11,7 @@ use monitor_common::{
     addr::{AddrKey, AddrMask},
     config::{Config, count_mode, port_flags},
     maps::{Bucket, MAP_TEST_CLOCK},
-    rate::{Limit, NANOS_PER_SEC},
+    rate::{COARSE_MARGIN_NS, Limit, NANOS_PER_SEC},
     stats::Stat,
 };
 
@@ -106,13 +106,35 @@ impl Loaded {
     /// clock map: a test that means to control time must not silently run on the real clock).
     pub fn set_now(&mut self, now_ns: u64) {
         assert!(now_ns != 0, "0 means the real clock");
+        self.test_clock()
+            .set(0, now_ns, 0)
+            .expect("write the test clock");
+    }
+
+    /// Makes the `test-clock` object's coarse clock lag its fine `now` by `lag_ns` (at most
+    /// `COARSE_MARGIN_NS`, the largest lag the kernel allows for).
+    pub fn set_coarse_lag(&mut self, lag_ns: u64) {
+        assert!(
+            lag_ns <= COARSE_MARGIN_NS,
+            "a lag beyond the margin is outside what the kernel allows for"
+        );
+        self.test_clock().set(1, lag_ns, 0).expect("write the lag");
+    }
+
+    /// Requests the `test-clock` object refused on the coarse clock alone.
+    pub fn coarse_refusals(&mut self) -> u64 {
+        self.test_clock()
+            .get(&2, 0)
+            .expect("read the coarse refusals")
+    }
+
+    fn test_clock(&mut self) -> Array<&mut MapData, u64> {
         let map = self
             .kernel
             .ebpf_mut()
             .map_mut(MAP_TEST_CLOCK)
-            .expect("set_now needs the test-clock object (Loaded::clocked)");
-        let mut clock: Array<&mut MapData, u64> = Array::try_from(map).expect("clock map");
-        clock.set(0, now_ns, 0).expect("write the test clock");
+            .expect("the test clock needs the test-clock object (Loaded::clocked)");
+        Array::try_from(map).expect("clock map")
     }
 
     /// Runs `frame` at `now_ns` on the test clock.

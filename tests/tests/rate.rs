@@ -17,7 +17,7 @@ use monitor::limit::Twin;
 use monitor_common::{
     addr::{AddrKey, AddrMask},
     config::{Config, action, count_mode},
-    rate::{Limit, NANOS_PER_SEC},
+    rate::{COARSE_MARGIN_NS, Limit, NANOS_PER_SEC},
     stats::Stat,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -197,6 +197,177 @@ fn a_fast_limit_with_burst_one_admits_exactly_its_rate() {
         }
         run_table(&mut k, hook, &bytes, "1000/s burst 1", &rows);
     }
+}
+
+/// The same limit with the coarse clock lagging the fine one by one tick (4 ms at HZ=250)
+/// and by the whole margin the kernel allows for: the verdicts are the fine clock's. (Such a
+/// limit refuses nothing on the coarse clock: its budget returns within the margin.)
+#[test]
+fn a_fast_limit_with_burst_one_is_exact_while_the_coarse_clock_lags() {
+    let mut k = Loaded::clocked(
+        Config {
+            source: Limit::new(1000, NANOS_PER_SEC, 1).unwrap(),
+            ..Config::default()
+        },
+        T0,
+    );
+    for (h, hook) in HOOKS.into_iter().enumerate() {
+        for (i, lag) in [4 * MS, COARSE_MARGIN_NS].into_iter().enumerate() {
+            k.set_coarse_lag(lag);
+            let bytes = Frame::request(&v4_source(h as u8, 8 + i as u8), LOOKUP_PORT).build();
+            let t = T0 + (h * 2 + i) as u64 * NANOS_PER_SEC;
+            let mut rows = Vec::new();
+            for i in 0..200u64 {
+                rows.push((t + i * MS, Pass));
+                rows.push((t + i * MS + MS / 2, Drop));
+            }
+            run_table(
+                &mut k,
+                hook,
+                &bytes,
+                &format!("1000/s burst 1, lag {lag} ns"),
+                &rows,
+            );
+        }
+    }
+}
+
+/// The refusal instants of a state form one interval: below it, after a live limit change,
+/// the clamp admits. A request whose coarse window straddles that edge (the clamp admits at the
+/// window's start, the end of the window would refuse) is not refused on the coarse clock: the
+/// fine clock decides, and here it admits.
+#[test]
+fn a_clamped_state_is_admitted_when_only_the_end_of_the_coarse_window_would_refuse() {
+    let mut k = Loaded::clocked(
+        Config {
+            source: per_minute(1, 1),
+            ..Config::default()
+        },
+        T0,
+    );
+    for (h, hook) in HOOKS.into_iter().enumerate() {
+        let src = v4_source(h as u8, 30);
+        let bytes = Frame::request(&src, LOOKUP_PORT).build();
+        let t = T0 + h as u64 * 3_600 * NANOS_PER_SEC;
+        k.update_config(|c| c.source = per_minute(1, 1));
+        k.set_coarse_lag(0);
+        run_table(&mut k, hook, &bytes, "1/m", &[(t, Pass), (t + MS, Drop)]);
+        // 10/s burst 1: the state (a minute ahead) is clamped until 100 ms before it.
+        k.update_config(|c| c.source = limit(10, 1));
+        let edge = t + MINUTE_NS - 100 * MS;
+        let at = edge - 10 * MS;
+        let ten_per_sec = limit(10, 1);
+        let tat = t + MINUTE_NS;
+        assert!(ten_per_sec.step(tat, at).admitted);
+        assert!(!ten_per_sec.step(tat, at + COARSE_MARGIN_NS).admitted);
+        run_table(
+            &mut k,
+            hook,
+            &bytes,
+            "10/s across the clamp's edge",
+            &[(at, Pass), (at, Drop)],
+        );
+    }
+}
+
+/// The kernel refuses a request on the coarse clock when it could not fit at any instant the
+/// fine clock can read (`Limit::refuses_throughout`). Whatever the coarse clock lags, within
+/// the margin the kernel allows for, no verdict changes: 30,000 seeded arrivals from a few
+/// sources under several limits (changed live, so the clamp is exercised), each with its own
+/// lag (none, up to one 4 ms tick, up to the margin), must agree exactly with the user-space
+/// twin on the fine clock, and end in the twin's states. Most refusals must have been made on
+/// the coarse clock, or the test would prove nothing about it.
+#[test]
+fn refusals_on_the_coarse_clock_are_exactly_the_fine_clocks() {
+    const ARRIVALS: usize = 30_000;
+    let limits = [
+        Limit::new(10, NANOS_PER_SEC, 1).unwrap(),
+        Limit::new(25, NANOS_PER_SEC, 3).unwrap(),
+        Limit::new(1000, NANOS_PER_SEC, 1).unwrap(),
+        per_minute(1, 2),
+        Limit::new(40, NANOS_PER_SEC, 2).unwrap(),
+        Limit::new(3, NANOS_PER_SEC, 4).unwrap(),
+    ];
+    let (mask_v4, mask_v6) = (AddrMask::v4(32), AddrMask::v6(64));
+    let mut k = Loaded::clocked(
+        Config {
+            source: limits[0],
+            ..Config::default()
+        },
+        T0,
+    );
+    let sources = [
+        "203.0.113.21",
+        "203.0.113.22",
+        "203.0.113.23",
+        "2001:db8:78:1::1",
+        "2001:db8:78:2::1",
+    ];
+    let frames: Vec<Vec<u8>> = sources
+        .iter()
+        .map(|s| Frame::request(s, LOOKUP_PORT).build())
+        .collect();
+    let keys: Vec<AddrKey> = sources.iter().map(|s| addr_key(s)).collect();
+    let mut twin = Twin::new(limits[0], mask_v4, mask_v6);
+    let mut rng = StdRng::seed_from_u64(0x5eed_c0a5);
+    let mut now = T0;
+    let mut phase = 0;
+    let (mut admitted, mut refused) = (0u64, 0u64);
+    let coarse_before = k.coarse_refusals();
+    for arrival in 0..ARRIVALS {
+        let next_phase = arrival * limits.len() / ARRIVALS;
+        if next_phase != phase {
+            phase = next_phase;
+            k.update_config(|c| c.source = limits[phase]);
+            twin.set_limit(limits[phase]);
+        }
+        let limit = limits[phase];
+        // Each source is offered about twice its rate.
+        now += rng.random_range(0..=limit.interval_ns / sources.len() as u64);
+        let lag = match rng.random_range(0..3) {
+            0 => 0,
+            1 => rng.random_range(0..=4 * MS),
+            _ => rng.random_range(0..=COARSE_MARGIN_NS),
+        };
+        k.set_coarse_lag(lag);
+        let i = rng.random_range(0..sources.len());
+        let hook = HOOKS[rng.random_range(0..2)];
+        let kernel = k.run_at(hook, &frames[i], now) == Pass;
+        assert_eq!(
+            kernel,
+            twin.request(&keys[i], now),
+            "arrival {arrival} from {} on {hook:?} at T0 + {} ns, coarse clock {lag} ns \
+             behind, under {limit:?}: kernel vs twin",
+            sources[i],
+            now - T0
+        );
+        if kernel {
+            admitted += 1;
+        } else {
+            refused += 1;
+        }
+    }
+    for (s, key) in sources.iter().zip(&keys) {
+        let bucket = k.source_bucket(s).expect("bucket");
+        assert_eq!(
+            twin.tat(key),
+            Some(bucket.tat_ns),
+            "{s}: kernel state vs twin"
+        );
+    }
+    let coarse = k.coarse_refusals() - coarse_before;
+    println!(
+        "{ARRIVALS} arrivals: {admitted} admitted, {refused} refused ({coarse} of them on the \
+         coarse clock alone), all as the fine clock decides"
+    );
+    assert!(
+        admitted as usize > ARRIVALS / 10 && refused as usize > ARRIVALS / 10,
+        "{admitted} / {refused}"
+    );
+    assert!(
+        coarse * 2 > refused && coarse <= refused,
+        "{coarse} of {refused} refusals on the coarse clock"
+    );
 }
 
 /// `set rate 1/m` and then `set rate 200/s`: the new limit governs each source from its next
