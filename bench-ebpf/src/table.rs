@@ -19,14 +19,15 @@
 //! Memory is 8 bytes per slot.
 //!
 //! `bench_sa` runs it on live traffic; `bench_lrug` runs the product's LRU design (its
-//! `charge_key` on a 16-byte-key LRU hash of 40-byte buckets) behind the same minimal parse,
-//! so the two differ only in the table. `churn_sa` / `churn_lru` replay a loud source inside a
+//! `charge_source` on a 16-byte-key LRU hash of 40-byte buckets) behind the same minimal parse,
+//! so the two differ only in the table. Both refuse on the coarse clock when the request
+//! cannot fit at any instant the fine clock can read (the product's cut, `clock::Now`), and
+//! read the fine clock otherwise. `churn_sa` / `churn_lru` replay a loud source inside a
 //! spoofed flood with an injected clock (one BPF_PROG_TEST_RUN repeat = one packet), to count
 //! what eviction lets the loud source through.
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
     maps::{Array, LruHashMap, PerCpuArray},
     programs::XdpContext,
@@ -35,7 +36,8 @@ use monitor_common::{addr::AddrKey, maps::Bucket, rate::Limit};
 
 use crate::{
     atomic,
-    limit::{Charge, charge_key},
+    clock::Now,
+    limit::{Charge, charge_key, charge_source, insert_new},
     programs::{counted_drop, v4_source},
 };
 
@@ -103,19 +105,60 @@ fn word(key: u32, flag: u64, tat: u32) -> u64 {
     ((key as u64) << 32) | flag | (tat & TIME_MASK) as u64
 }
 
-/// Charges one request from `key` (non-zero) at table time `now`.
+/// The set `key` (non-zero) hashes to.
 #[inline(always)]
-pub fn charge_sa(cfg: &SaCfg, key: u32, now: u32) -> Sa {
+fn set_of(cfg: &SaCfg, key: u32) -> Option<*mut u64> {
     let log2 = cfg.sets_log2;
     if log2 == 0 || log2 > 24 {
-        return Sa::Raced;
+        return None;
     }
     let h = (key ^ cfg.seed).wrapping_mul(0x9e37_79b1);
     let idx = h >> (32 - log2);
-    let Some(set) = SA_TABLE.get_ptr_mut(idx) else {
+    SA_TABLE.get_ptr_mut(idx).map(|set| set as *mut u64)
+}
+
+/// Whether the entry `w` refuses a request at table time `now` (the GCRA step of
+/// `charge_entry`).
+#[inline(always)]
+fn sa_refuses(cfg: &SaCfg, w: u64, now: u32) -> bool {
+    let d = debt(w, now, cfg.tau_u);
+    let start = if d > 0 { w as u32 & TIME_MASK } else { now };
+    diff(start.wrapping_add(cfg.interval_u), now) > cfg.tau_u as i32
+}
+
+/// Charges one request from `key` (non-zero): refused on the coarse clock when the key's entry
+/// refuses at both ends of the window the fine clock can read in (the product's argument,
+/// `monitor_common::rate`), otherwise on the fine clock.
+#[inline(always)]
+pub fn charge_sa(cfg: &SaCfg, key: u32, now: &mut Now) -> Sa {
+    let Some(set) = set_of(cfg, key) else {
         return Sa::Raced;
     };
-    let set = set as *mut u64;
+    let (lo, hi) = (to_units(now.earliest()), to_units(now.latest()));
+    let mut i = 0;
+    while i < WAYS {
+        let p = unsafe { set.add(i) };
+        let w = atomic::load(p);
+        if (w >> 32) as u32 == key {
+            if sa_refuses(cfg, w, lo) && sa_refuses(cfg, w, hi) {
+                if w & FLAG == 0 {
+                    let _ = atomic::compare_and_swap(p, w, w | FLAG);
+                }
+                return Sa::Refused;
+            }
+            break;
+        }
+        i += 1;
+    }
+    charge_sa_at(cfg, key, to_units(now.fine()))
+}
+
+/// Charges one request from `key` (non-zero) at table time `now`.
+#[inline(always)]
+pub fn charge_sa_at(cfg: &SaCfg, key: u32, now: u32) -> Sa {
+    let Some(set) = set_of(cfg, key) else {
+        return Sa::Raced;
+    };
     for _attempt in 0..2 {
         let mut victim = 0usize;
         let mut victim_score = i64::MAX;
@@ -185,7 +228,7 @@ fn key_of(src: [u8; 4]) -> u32 {
 }
 
 #[inline(always)]
-fn lru_charge(cfg: &SaCfg, src: [u8; 4], now: u64) -> Charge {
+fn lru_key(cfg: &SaCfg, src: [u8; 4]) -> (AddrKey, Limit) {
     let mut key = AddrKey { addr: [0u8; 16] };
     key.addr[10] = 0xff;
     key.addr[11] = 0xff;
@@ -194,6 +237,12 @@ fn lru_charge(cfg: &SaCfg, src: [u8; 4], now: u64) -> Charge {
         interval_ns: cfg.interval_ns,
         tolerance_ns: cfg.tau_ns,
     };
+    (key, limit)
+}
+
+#[inline(always)]
+fn lru_charge(cfg: &SaCfg, src: [u8; 4], now: u64) -> Charge {
+    let (key, limit) = lru_key(cfg, src);
     charge_key(&LRU_TABLE, &key, &limit, now).0
 }
 
@@ -211,14 +260,14 @@ pub fn bench_sa(ctx: XdpContext) -> u32 {
     if key == 0 {
         return xdp_action::XDP_PASS;
     }
-    let now = to_units(unsafe { bpf_ktime_get_ns() });
-    match charge_sa(cfg, key, now) {
+    match charge_sa(cfg, key, &mut Now::read()) {
         Sa::Refused => counted_drop(),
         _ => xdp_action::XDP_PASS,
     }
 }
 
-/// The same on the product's LRU design.
+/// The same on the product's LRU design (its source path: `charge_source`, or `insert_new`
+/// for a new source).
 #[xdp]
 pub fn bench_lrug(ctx: XdpContext) -> u32 {
     let Some(src) = v4_source(&ctx) else {
@@ -227,8 +276,13 @@ pub fn bench_lrug(ctx: XdpContext) -> u32 {
     let Some(cfg) = SA_CFG.get(0) else {
         return xdp_action::XDP_PASS;
     };
-    let now = unsafe { bpf_ktime_get_ns() };
-    match lru_charge(cfg, src, now) {
+    let (key, limit) = lru_key(cfg, src);
+    let mut now = Now::read();
+    let charge = match LRU_TABLE.get_ptr_mut(&key) {
+        Some(bucket) => charge_source(bucket, &limit, &mut now),
+        None => insert_new(&LRU_TABLE, &key, &limit, now.fine()).0,
+    };
+    match charge {
         Charge::Refused => counted_drop(),
         Charge::Admitted => xdp_action::XDP_PASS,
     }
@@ -299,7 +353,7 @@ pub fn churn_sa(_ctx: XdpContext) -> u32 {
     let (Some((src, now, loud)), Some(cfg)) = (churn_next(), SA_CFG.get(0)) else {
         return xdp_action::XDP_ABORTED;
     };
-    churn_count(loud, charge_sa(cfg, src, to_units(now)) != Sa::Refused)
+    churn_count(loud, charge_sa_at(cfg, src, to_units(now)) != Sa::Refused)
 }
 
 #[xdp]
