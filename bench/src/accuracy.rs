@@ -59,25 +59,7 @@ pub fn run(
     // runs of a process pay one-off setup that would otherwise shorten the first cell's traffic
     // inside its timed window (seen as a 5% low first cell).
     t.pin_napi(&[0, 1])?;
-    let prime = (0..2)
-        .map(|cpu| {
-            tg::spawn(
-                &gen_prog,
-                &t.gen_ns,
-                cpu,
-                frame.clone(),
-                Pace::Paced {
-                    frames: 500,
-                    chunk: 10,
-                    pps: 2_000.0,
-                },
-            )
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    for h in prime {
-        h.join()
-            .map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
-    }
+    tg::prime(&gen_prog, &t.gen_ns, &frame, &[0, 1])?;
     let mut samples: BTreeMap<(Filter, u32), Vec<(f64, f64)>> = BTreeMap::new();
     for _ in 0..reps {
         for factor in [2u32, 10, 100] {

@@ -4,6 +4,7 @@
 
 mod accuracy;
 mod control;
+mod cores;
 mod cost;
 mod daemon;
 mod fill;
@@ -51,8 +52,8 @@ struct Args {
     /// ordinary process (it then gets no CPU while the SCHED_FIFO receive thread is saturated).
     #[arg(long, default_value_t = daemon::DAEMON_PRIORITY)]
     daemon_priority: i32,
-    /// Run only these parts (cost, steps, throughput, accuracy, control, churn); default all.
-    /// Run only these parts (cost, throughput, accuracy, control, fleet); default all.
+    /// Run only these parts (cost, steps, churn, throughput, prototypes, control, accuracy,
+    /// cores, fleet); default all. `prototypes` runs only part 2's source-table prototypes.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -140,7 +141,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         )?);
     }
     let warm_passes = if q { 2 } else { 3 };
-    if wants(args, "throughput") || wants(args, "control") {
+    if wants(args, "throughput") || wants(args, "prototypes") || wants(args, "control") {
         let t = net::Topology::new("t", 1)?;
         // The generator stays attached to an idle veth: live-frames runs then skip an RCU wait.
         net::within(&t.gen_ns, || {
@@ -149,7 +150,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 .attach(&t.idle_if, XdpMode::Driver)?)
         })
         .context("attaching the generator to its idle veth")?;
-        if wants(args, "throughput") {
+        if wants(args, "throughput") || wants(args, "prototypes") {
             eprintln!(
                 "bench: part 2/5 and 4/5: throughput and memory (every configuration, alternated)"
             );
@@ -201,7 +202,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 regimes: one_and_warm.clone(),
                 reps,
             };
-            let plans = if q {
+            let plans = if !wants(args, "throughput") {
+                vec![prototypes(if q { 1 } else { 3 })]
+            } else if q {
                 vec![
                     Plan {
                         traffic: Traffic::V4Udp,
@@ -296,6 +299,45 @@ fn run(args: &Args) -> anyhow::Result<()> {
             &mut bench,
             if q { 1.0 } else { 2.0 },
             if q { 1 } else { 2 },
+        )?);
+    }
+
+    if wants(args, "cores") {
+        eprintln!("bench: part 7: scaling with cores (two receive queues)");
+        let t = net::Topology::new("c", 2)?;
+        net::within(&t.gen_ns, || {
+            Ok(bench
+                .prog("bench_gen")?
+                .attach(&t.idle_if, XdpMode::Driver)?)
+        })
+        .context("attaching the generator to its idle veth")?;
+        let mut filters = vec![
+            Filter::XdpNative,
+            Filter::Deployed,
+            Filter::NftNetdev,
+            Filter::Iptables,
+        ];
+        if !q {
+            filters.push(Filter::NftInet);
+        }
+        let regimes = [
+            Regime {
+                sources: 1,
+                warm: false,
+            },
+            Regime {
+                sources: 1_000_000,
+                warm: true,
+            },
+        ];
+        all.cores = Some(cores::run(
+            &t,
+            &mut bench,
+            &filters,
+            &regimes,
+            200_000.0,
+            warm_passes,
+            if q { 1 } else { 3 },
         )?);
     }
 

@@ -100,6 +100,8 @@ pub struct Topology {
     /// The API's UDP port is open (IPv4 and IPv6) but never read: admitted datagrams end in a
     /// full socket buffer, as at a busy server, instead of each costing an ICMP unreachable.
     _udp_sink: std::net::UdpSocket,
+    /// The NAPI threads in receive-queue order, once `order_napi_by_queue` has measured it.
+    napi_order: std::sync::OnceLock<Vec<u32>>,
 }
 
 fn ifindex(ns: &Netns, ifname: &str) -> anyhow::Result<u32> {
@@ -228,11 +230,16 @@ impl Topology {
             idle_if,
             gen_ifindex,
             _udp_sink: sink,
+            napi_order: std::sync::OnceLock::new(),
         })
     }
 
-    /// The NAPI kthreads of the API-side veth (one per receive queue), in queue order.
+    /// The NAPI kthreads of the API-side veth (one per receive queue): in queue order once
+    /// `order_napi_by_queue` has run, in pid order until then.
     pub fn napi_threads(&self) -> Vec<u32> {
+        if let Some(order) = self.napi_order.get() {
+            return order.clone();
+        }
         let want = format!("napi/{}-", self.api_if);
         let mut found = Vec::new();
         if let Ok(dir) = std::fs::read_dir("/proc") {
@@ -252,8 +259,48 @@ impl Topology {
         found
     }
 
-    /// Pins queue i's NAPI thread to `cpus[i % len]`. Returns the threads.
+    /// Finds which NAPI thread serves which receive queue: `send(q)` must put traffic on queue
+    /// `q` only; the thread whose run time grows most serves it. (The threads' names carry the
+    /// NAPI id, but the 15-byte `comm` cuts it off, and pid order is not queue order.)
+    pub fn order_napi_by_queue(
+        &self,
+        queues: usize,
+        mut send: impl FnMut(usize) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Vec<u32>> {
+        let threads = self.napi_threads();
+        let run_ns = |pid: u32| -> u64 {
+            std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        let mut order = Vec::new();
+        for q in 0..queues {
+            let before: Vec<u64> = threads.iter().map(|&p| run_ns(p)).collect();
+            send(q)?;
+            let busiest = threads
+                .iter()
+                .zip(&before)
+                .max_by_key(|&(&p, &b)| run_ns(p).saturating_sub(b))
+                .map(|(&p, _)| p)
+                .context("no NAPI threads")?;
+            if order.contains(&busiest) {
+                bail!("queue {q}'s traffic ran on the NAPI thread of an earlier queue ({busiest})");
+            }
+            order.push(busiest);
+        }
+        let _ = self.napi_order.set(order.clone());
+        Ok(order)
+    }
+
+    /// Pins queue i's NAPI thread to `cpus[i % len]`, at the generator's real-time priority.
+    /// Returns the threads.
     pub fn pin_napi(&self, cpus: &[usize]) -> anyhow::Result<Vec<u32>> {
+        self.pin_napi_at(cpus, crate::sys::RT_PRIORITY)
+    }
+
+    /// `pin_napi` at a given SCHED_FIFO priority.
+    pub fn pin_napi_at(&self, cpus: &[usize], priority: i32) -> anyhow::Result<Vec<u32>> {
         let threads = self.napi_threads();
         if threads.is_empty() {
             bail!(
@@ -268,14 +315,8 @@ impl Topology {
                 &cpus[i % cpus.len()].to_string(),
                 &pid.to_string(),
             ])?;
-            // Same real-time priority as the generator: background jobs cannot share the core.
-            sh(&[
-                "chrt",
-                "-f",
-                "-p",
-                &crate::sys::RT_PRIORITY.to_string(),
-                &pid.to_string(),
-            ])?;
+            // Real-time, like the generator: background jobs cannot share the core.
+            sh(&["chrt", "-f", "-p", &priority.to_string(), &pid.to_string()])?;
         }
         Ok(threads)
     }

@@ -22,6 +22,7 @@ pub struct All {
     pub table: Option<crate::table::TableResult>,
     pub fleet: Option<crate::fleet::FleetResult>,
     pub fleet_error: Option<String>,
+    pub cores: Option<crate::cores::CoresResult>,
     pub seconds: f64,
 }
 
@@ -259,6 +260,49 @@ pub fn summary(all: &All) -> serde_json::Value {
                     .filter(|c| c.design.starts_with(design))
                     .map(|c| c.extra())
                     .reduce(f64::max),
+            );
+        }
+    }
+    // Scaling with cores: Mpps per receive core (each also running a generator thread).
+    if let Some(c) = &all.cores {
+        let ours =
+            |layout: &str, regime: &str, f: Filter| c.per_core(layout, regime, f).map(|x| x / 1e6);
+        put(
+            "two_queue_mpps_per_core_1m",
+            ours("2 cores", "1M warm", Filter::XdpNative),
+        );
+        put(
+            "two_queue_mpps_per_core_1",
+            ours("2 cores", "1", Filter::XdpNative),
+        );
+        put(
+            "two_queue_deployed_mpps_per_core_1m",
+            ours("2 cores", "1M warm", Filter::Deployed),
+        );
+        put(
+            "two_queue_best_peer_mpps_per_core_1m",
+            c.best_peer_per_core("2 cores", "1M warm")
+                .map(|p| p.0 / 1e6),
+        );
+        put(
+            "two_queue_ratio_vs_best_peer_1m",
+            c.per_core("2 cores", "1M warm", Filter::XdpNative)
+                .zip(c.best_peer_per_core("2 cores", "1M warm"))
+                .map(|(a, b)| a / b.0),
+        );
+        put(
+            "one_core_shared_mpps_1m",
+            ours("1 core", "1M warm", Filter::XdpNative),
+        );
+        for (key, regime) in [
+            ("two_queue_scaling_1m", "1M warm"),
+            ("two_queue_scaling_1", "1"),
+        ] {
+            put(
+                key,
+                c.per_core("2 cores", regime, Filter::XdpNative)
+                    .zip(c.per_core("1 core", regime, Filter::XdpNative))
+                    .map(|(two, one)| 2.0 * two / one),
             );
         }
     }
@@ -837,6 +881,55 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
             );
         }
         let _ = writeln!(o);
+    }
+
+    if let Some(c) = &all.cores {
+        let _ = writeln!(o, "## 7. Scaling with cores (two receive queues)\n");
+        let _ = writeln!(
+            o,
+            "IPv4 UDP over a two-queue veth (a frame goes to the queue of the CPU that sent it), \
+             every generator thread sending for {:.1} s, {} repetition(s). Layouts: *split* is part 2's (one \
+             generator thread on CPU 0, the receive queue's NAPI thread on CPU 1); *1 core*: one \
+             generator thread and its queue's NAPI thread both on CPU 1; *2 cores*: a generator \
+             thread and a NAPI thread on each CPU. NAPI threads run one SCHED_FIFO level above \
+             the generators (so each batch is received before the next is sent). **With 2 cores the \
+             generators share the receive cores**: Mpps per core in *1 core* and *2 cores* is what \
+             one core does while also generating, so compare those two with each other (scaling), \
+             not with *split*.\n",
+            c.secs, c.reps
+        );
+        let _ = writeln!(
+            o,
+            "| Layout | Sources | Configuration | Dropped Mpps (all cores) | Mpps per core | Offered Mpps |\n|---|---|---|---|---|---|"
+        );
+        for (layout, regimes) in &c.cells {
+            for (regime, filters) in regimes {
+                for (f, cell) in filters {
+                    let cores = c.cores.get(layout).copied().unwrap_or(1) as f64;
+                    let _ = writeln!(
+                        o,
+                        "| {layout} | {regime} | {f} | {} | {:.2} | {} |",
+                        cell.dropped.show(mpps),
+                        cell.dropped.median / 1e6 / cores,
+                        mpps(cell.offered.median)
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            o,
+            "\nMonitor (bare object) per core, 2 cores vs 1 core: {} at 1M warm sources, {} at 1 \
+             source (2.00 would be linear); vs the best peer per core with 2 cores at 1M: {}.\n",
+            g("two_queue_scaling_1m")
+                .map(|x| format!("{x:.2}x"))
+                .unwrap_or_else(|| "–".into()),
+            g("two_queue_scaling_1")
+                .map(|x| format!("{x:.2}x"))
+                .unwrap_or_else(|| "–".into()),
+            g("two_queue_ratio_vs_best_peer_1m")
+                .map(|x| format!("{x:.2}x"))
+                .unwrap_or_else(|| "–".into()),
+        );
     }
 
     let _ = writeln!(o, "## 5. Control plane\n");

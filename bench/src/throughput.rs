@@ -8,7 +8,7 @@
 //! peers, packets the receiving veth handed to the stack minus those that reached transport
 //! (nft listing is too slow at a million elements to read a rule counter). Frames the veth ring
 //! could not take (the receiver was saturated) are neither: they are the difference to offered.
-//! CPU is the busy fraction of the receive core (the NAPI thread's core) during the run.
+//! CPU is the busy fraction of the receive cores (the NAPI threads' cores) during the run.
 
 use std::{collections::BTreeMap, net::IpAddr, thread, time::Duration};
 
@@ -24,7 +24,7 @@ use crate::{
     net::{self, Topology},
     progs::{Bench, GenCfg},
     stats::{Summary, summarize},
-    sys::{self, CpuWindow},
+    sys::{self, CpuWindow, RT_PRIORITY},
     traffic_gen::{self as tg, Pace},
 };
 
@@ -32,6 +32,31 @@ pub const GEN_CPU: usize = 0;
 /// Frames per paced warm-up run: well under the veth ring (256), so a burst never overflows it.
 const WARM_CHUNK: u32 = 128;
 pub const RX_CPU: usize = 1;
+/// Frames per live-frames call in timed runs (`Layout::secs`): about 10-30 ms of traffic.
+const TIMED_CHUNK: u32 = 100_000;
+
+/// Where a measured run's generator threads and receive (NAPI) threads run.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    /// One generator thread on each of these CPUs, each sending the run's frames. A veth
+    /// delivers a redirected frame to receive queue `cpu % queues` of the sending CPU.
+    pub gen_cpus: &'static [usize],
+    /// Receive queue i's NAPI thread runs on `napi_cpus[i % len]`.
+    pub napi_cpus: &'static [usize],
+    /// The NAPI threads' SCHED_FIFO priority (the generators run at `RT_PRIORITY`).
+    pub napi_priority: i32,
+    /// 0: each generator thread sends the run's frames in one go; otherwise each sends for
+    /// this many seconds (so threads of unequal speed cover the same window).
+    pub secs: f64,
+}
+
+/// The throughput part's layout: the generator on one core, the receiver on the other.
+pub const SPLIT: Layout = Layout {
+    gen_cpus: &[GEN_CPU],
+    napi_cpus: &[RX_CPU],
+    napi_priority: RT_PRIORITY,
+    secs: 0.0,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum Traffic {
@@ -187,23 +212,49 @@ pub struct Runner<'a> {
 }
 
 impl Runner<'_> {
-    /// Runs the generator flat out for `count` frames and returns what it sent.
-    fn blast(&mut self, frame: &[u8], count: u32) -> anyhow::Result<tg::Sent> {
-        let h = tg::spawn(
-            &self.gen_prog,
-            &self.t.gen_ns,
-            GEN_CPU,
-            frame.to_vec(),
-            Pace::Flat(count),
-        )?;
-        h.join()
-            .map_err(|_| anyhow::anyhow!("generator thread panicked"))?
+    /// Runs a generator thread flat out for `count` frames on each of the layout's generator
+    /// CPUs at once, and returns what they sent together (over the longest thread's time).
+    fn blast(&mut self, layout: Layout, frame: &[u8], count: u32) -> anyhow::Result<tg::Sent> {
+        let handles = layout
+            .gen_cpus
+            .iter()
+            .map(|&cpu| {
+                tg::spawn(
+                    &self.gen_prog,
+                    &self.t.gen_ns,
+                    cpu,
+                    frame.to_vec(),
+                    if layout.secs > 0.0 {
+                        Pace::For {
+                            secs: layout.secs,
+                            chunk: TIMED_CHUNK,
+                        }
+                    } else {
+                        Pace::Flat(count)
+                    },
+                )
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut total = tg::Sent::default();
+        let mut each = Vec::new();
+        for h in handles {
+            let s = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
+            total.frames += s.frames;
+            total.secs = total.secs.max(s.secs);
+            each.push(format!("{:.2} Mpps in {:.3} s", s.pps() / 1e6, s.secs));
+        }
+        if each.len() > 1 {
+            eprintln!("bench:   generator threads: {}", each.join(", "));
+        }
+        Ok(total)
     }
 
     /// The generator's own ceiling: frames rewritten and dropped at the generator.
     pub fn generator_alone(&mut self, tr: Traffic) -> anyhow::Result<f64> {
         let frame = set_gen(self.bench, tr, 1, 0)?;
-        Ok(self.blast(&frame, self.frames)?.pps())
+        Ok(self.blast(SPLIT, &frame, self.frames)?.pps())
     }
 
     /// Sends every source one frame at a pace the receiving stack keeps up with: the first
@@ -245,6 +296,19 @@ impl Runner<'_> {
 
     pub fn measure(
         &mut self,
+        f: Filter,
+        tr: Traffic,
+        regime: Regime,
+        memory: Option<&mut Memory>,
+    ) -> anyhow::Result<Sample> {
+        self.measure_on(SPLIT, f, tr, regime, memory)
+    }
+
+    /// `measure` with the measured run's generators and receivers placed by `layout` (the
+    /// warm-up always runs as `SPLIT`).
+    pub fn measure_on(
+        &mut self,
+        layout: Layout,
         f: Filter,
         tr: Traffic,
         regime: Regime,
@@ -295,7 +359,7 @@ impl Runner<'_> {
                     }
                 }
             }
-            self.t.pin_napi(&[RX_CPU])?;
+            self.t.pin_napi_at(layout.napi_cpus, layout.napi_priority)?;
             let tin = self.t.transport_in()?;
             let rx = rx_packets(self.t);
             let drops = inst.drops(self.bench)?;
@@ -303,9 +367,13 @@ impl Runner<'_> {
                 Some(d) => Some(daemon::WindowStart::now(d)?),
                 None => None,
             };
-            let cpu = CpuWindow::start(RX_CPU);
-            let sent = self.blast(&frame, self.frames)?;
-            let busy = cpu.busy();
+            let cpus: Vec<CpuWindow> = layout
+                .napi_cpus
+                .iter()
+                .map(|&c| CpuWindow::start(c))
+                .collect();
+            let sent = self.blast(layout, &frame, self.frames)?;
+            let busy = cpus.iter().map(|c| c.busy()).sum::<f64>() / cpus.len().max(1) as f64;
             let daemon = match (&window, &inst.daemon) {
                 (Some(w), Some(d)) => Some(w.finish(d)?),
                 _ => None,

@@ -90,6 +90,9 @@ pub enum Pace {
     Flat(u32),
     /// Runs of `chunk` frames, spaced so the average is `pps`, for `frames` in total.
     Paced { frames: u64, chunk: u32, pps: f64 },
+    /// Runs of `chunk` frames back to back until `secs` have passed: threads on several CPUs
+    /// then cover the same window, however fast each one is.
+    For { secs: f64, chunk: u32 },
 }
 
 /// Starts a generator thread on `cpu` inside `netns`.
@@ -129,10 +132,48 @@ pub fn spawn(
                     }
                 }
             }
+            Pace::For { secs, chunk } => {
+                while start.elapsed().as_secs_f64() < secs {
+                    live_run(fd, &frame, chunk)?;
+                    frames += chunk as u64;
+                }
+            }
         }
         Ok(Sent {
             frames,
             secs: start.elapsed().as_secs_f64(),
         })
     }))
+}
+
+/// Runs a few paced frames from a generator thread on each of `cpus`, untimed: the first
+/// live-frames runs of a process on a CPU pay one-off setup that would otherwise shorten the
+/// first measured run's traffic inside its timed window.
+pub fn prime(
+    prog: &OwnedFd,
+    netns: &net::Netns,
+    frame: &[u8],
+    cpus: &[usize],
+) -> anyhow::Result<()> {
+    let handles = cpus
+        .iter()
+        .map(|&cpu| {
+            spawn(
+                prog,
+                netns,
+                cpu,
+                frame.to_vec(),
+                Pace::Paced {
+                    frames: 500,
+                    chunk: 10,
+                    pps: 2_000.0,
+                },
+            )
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for h in handles {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
+    }
+    Ok(())
 }

@@ -97,7 +97,8 @@ fn lint() -> anyhow::Result<()> {
             "warnings",
         ])
     })?;
-    util::step("clippy on the eBPF crate (bpfel-unknown-none)", || {
+    // bench-ebpf compiles monitor-ebpf's modules by path, so both are linted for the target.
+    util::step("clippy on the eBPF crates (bpfel-unknown-none)", || {
         util::run(
             std::process::Command::new("cargo")
                 .args([
@@ -105,6 +106,8 @@ fn lint() -> anyhow::Result<()> {
                     "clippy",
                     "--package",
                     "monitor-ebpf",
+                    "--package",
+                    "bench-ebpf",
                     "--release",
                     "--target",
                     "bpfel-unknown-none",
