@@ -255,6 +255,11 @@ fn print_status(s: &StatusReply) {
         "  tables:   {} sources, {} aggregates, {} bans, {} allow, {} deny",
         s.tracked_sources, s.tracked_aggregates, s.active_bans, s.allow_entries, s.deny_entries
     );
+    let sm = &s.sampler;
+    println!(
+        "  sampler:  {} samples, the last took {} ms ({} ms of CPU); {} sources kept out of the history's per-source rows",
+        sm.samples, sm.last_took_ms, sm.last_cpu_ms, sm.history_folded_sources
+    );
     println!(
         "  state:    pins {}{}, history {}, socket {}{}",
         s.pin_path,

@@ -1,12 +1,33 @@
 //! The periodic sample behind `monitor top`, the tracked-source metrics and the history's
-//! drop counts: every second, read the source and aggregate tables in batches (through their
-//! own map handles, holding no lock the control handlers need), compute each key's request
-//! rate from the change in its `requests` counter, and keep the busiest keys ready to serve.
+//! drop counts: read the source and aggregate tables in chunks (through their own map
+//! handles, holding no lock the control handlers need), compute each key's request rate from
+//! the change in its `requests` counter, and keep the busiest keys ready to serve.
+//!
+//! A sample must never stall the data plane. On an API host the daemon shares its cores with
+//! the packet processing it protects, and a whole-table read of a million sources is about
+//! half a second of CPU: taken in one go, it is half a second in which that core forwards
+//! nothing (measured: the drop rate fell to 4% of normal while it ran, with the daemon above
+//! the receive thread). So a sample reads [`CHUNK`] entries at a time and, after each chunk,
+//! sleeps long enough that its busy time stays within [`SAMPLE_CPU_SHARE`] of the time it
+//! runs; the next sample starts when the whole cycle stays within [`MAX_CPU_SHARE`]. Busy
+//! time is the sampler thread's own CPU time, not wall time, so a sampler that is itself
+//! preempted does not stretch its own budget. A stopping daemon sets [`Pace::hurry`], and the
+//! sample in progress finishes without sleeping.
+//!
+//! An off-path spoofer controls how many keys the tables hold, up to their capacity, and so
+//! how long a sample takes (its CPU cost is bounded by the capacity and spread by the pacing);
+//! it cannot make a sample skip a real source. Per sample, only the [`MAX_SIGHTINGS`] keys
+//! with the most newly refused requests become history rows; under a flood from more keys
+//! than that the rest are counted ([`SampleOutput::folded`]) but not written one by one, so a
+//! spoofed flood costs the history a bounded number of rows per sample whatever its size.
 
 use std::{
     collections::HashMap,
     hash::{BuildHasherDefault, Hasher},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -16,15 +37,67 @@ use crate::{cidr::Cidr, clock, history::Sighting, kernel::TableReader, timefmt};
 
 /// The shortest time between the starts of two samples.
 pub const INTERVAL: Duration = Duration::from_secs(1);
-/// The share of one core sampling may use. A sample of a million tracked sources takes about
-/// a second here, so sampling every second would keep a core busy; instead the period
-/// stretches to `took / MAX_CPU_SHARE` (about 25 s at a million sources). Rates are computed
-/// over the real time between samples, and events are not affected.
-pub const MAX_CPU_SHARE: f64 = 0.04;
+/// Entries read per system call. Small enough that one chunk (read and processed) is about a
+/// millisecond of CPU here, large enough that no hash bucket overflows it.
+pub const CHUNK: usize = 2048;
+/// The share of one core a sample may use while it runs (busy time over the time it runs).
+pub const SAMPLE_CPU_SHARE: f64 = 0.03;
+/// The share of one core sampling may use over a whole cycle: the next sample starts
+/// `busy / MAX_CPU_SHARE` after this one started. At a million sources a sample is about half
+/// a second of CPU here, so it runs for about 15 s and one starts every ~30 s; rates are
+/// computed over the real time between samples, and events are not affected.
+pub const MAX_CPU_SHARE: f64 = 0.015;
+/// History rows one sample may write: the keys with the most newly refused requests.
+pub const MAX_SIGHTINGS: usize = 1000;
+/// Keys whose rate is kept for event lines (those with refused requests, busiest first
+/// among the retained rows, then first come).
+pub const MAX_RATES: usize = 65_536;
 
-/// Time from the start of a sample that took `took` to the start of the next.
-pub fn period_after(took: Duration) -> Duration {
-    INTERVAL.max(took.div_f64(MAX_CPU_SHARE))
+/// Time from the start of a sample that was busy for `busy` to the start of the next.
+pub fn period_after(busy: Duration) -> Duration {
+    INTERVAL.max(busy.div_f64(MAX_CPU_SHARE))
+}
+
+/// The CPU time this thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID always exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// How a sample spreads its work.
+#[derive(Clone, Default)]
+pub struct Pace {
+    /// Busy time over running time while sampling; 0 (or 1 and above) never sleeps.
+    pub share: f64,
+    /// Set when the daemon stops: the sample in progress finishes without sleeping.
+    pub hurry: Arc<AtomicBool>,
+}
+
+impl Pace {
+    pub fn new(share: f64) -> Self {
+        Self {
+            share,
+            hurry: Arc::default(),
+        }
+    }
+
+    /// How long to rest after a chunk that was busy for `busy`.
+    pub fn rest_after(&self, busy: Duration) -> Duration {
+        if self.share <= 0.0 || self.share >= 1.0 || self.hurry.load(Ordering::Relaxed) {
+            return Duration::ZERO;
+        }
+        // A chunk's rest is capped so that a stop request is never waited on for long.
+        busy.mul_f64(1.0 / self.share - 1.0)
+            .min(Duration::from_millis(250))
+    }
 }
 
 /// A multiply-fold hasher for table keys. The keys are addresses the kernel already chose to
@@ -86,7 +159,10 @@ impl Level {
 pub struct Snapshot {
     pub taken_at: Option<SystemTime>,
     pub interval: Duration,
+    /// From the sample's start to its end (paced: mostly sleeping).
     pub took: Duration,
+    /// The CPU time the sample used.
+    pub busy: Duration,
     pub tracked_sources: u64,
     pub tracked_aggregates: u64,
     pub active_bans: u64,
@@ -221,8 +297,53 @@ pub struct Sampler {
 
 pub struct SampleOutput {
     pub snapshot: Arc<Snapshot>,
-    /// Keys whose refused count grew, for the history.
+    /// The keys whose refused count grew the most (at most [`MAX_SIGHTINGS`]), for the history.
     pub sightings: Vec<Sighting>,
+    /// Keys whose refused count grew but that were not among them.
+    pub folded: u64,
+}
+
+/// One key of a sample, as the ranking passes see it.
+type Seen = (f64, Level, AddrKey, Bucket);
+
+/// Keeps the best `keep` of what is pushed by `order` (best first), trimming whenever twice
+/// that many have gathered: amortised linear in what is pushed, bounded in memory.
+struct Best<T, F> {
+    items: Vec<T>,
+    keep: usize,
+    order: F,
+}
+
+impl<T, F: FnMut(&T, &T) -> std::cmp::Ordering> Best<T, F> {
+    fn new(keep: usize, order: F) -> Self {
+        Self {
+            items: Vec::with_capacity(2 * keep),
+            keep,
+            order,
+        }
+    }
+
+    fn push(&mut self, item: T) {
+        self.items.push(item);
+        if self.items.len() >= 2 * self.keep {
+            self.trim();
+        }
+    }
+
+    fn trim(&mut self) {
+        if self.items.len() > self.keep {
+            self.items
+                .select_nth_unstable_by(self.keep, &mut self.order);
+            self.items.truncate(self.keep);
+        }
+    }
+
+    /// The best `keep`, best first.
+    fn into_sorted(mut self) -> Vec<T> {
+        self.trim();
+        self.items.sort_by(&mut self.order);
+        self.items
+    }
 }
 
 impl Sampler {
@@ -241,11 +362,11 @@ impl Sampler {
         }
     }
 
-    /// Takes one sample (blocking: call from a blocking thread).
-    pub fn sample(&mut self, prefixes: Prefixes) -> anyhow::Result<SampleOutput> {
+    /// Takes one sample (blocking: call from a blocking thread), resting between chunks as
+    /// `pace` says.
+    pub fn sample(&mut self, prefixes: Prefixes, pace: &Pace) -> anyhow::Result<SampleOutput> {
         let started = Instant::now();
-        let sources = self.reader.sources()?;
-        let aggregates = self.reader.aggregates()?;
+        let cpu_at_start = thread_cpu_time();
         let bans = self.reader.bans()?;
         let now_k = clock::kernel_now_ns();
         let now_w = SystemTime::now();
@@ -263,63 +384,81 @@ impl Sampler {
             .collect();
         let mut current = std::mem::take(&mut self.spare);
         current.clear();
-        current.reserve(sources.len() + aggregates.len());
+        current.reserve(self.previous.len());
         let mut rates = KeyMap::default();
-        let mut candidates: Vec<(f64, Level, AddrKey, Bucket)> = Vec::with_capacity(2 * MAX_ROWS);
         // Busiest first; among equals, the most requests overall.
-        let order = |a: &(f64, Level, AddrKey, Bucket), b: &(f64, Level, AddrKey, Bucket)| {
+        let mut busiest = Best::new(MAX_ROWS, |a: &Seen, b: &Seen| {
             b.0.total_cmp(&a.0).then(b.3.requests.cmp(&a.3.requests))
-        };
-        let mut sightings = Vec::new();
-        let at_ms = timefmt::unix_ms(now_w);
-        for (level, table) in [(Level::Source, &sources), (Level::Aggregate, &aggregates)] {
-            for (key, bucket) in table.iter() {
-                let id = (level, *key);
-                current.insert(id, (bucket.requests, bucket.refused));
-                let (prev_req, prev_ref) = self.previous.get(&id).copied().unwrap_or((0, 0));
-                // A key evicted and re-inserted restarts its counters; count from zero then.
-                let delta_req = bucket
-                    .requests
-                    .checked_sub(prev_req)
-                    .unwrap_or(bucket.requests);
-                let delta_ref = bucket
-                    .refused
-                    .checked_sub(prev_ref)
-                    .unwrap_or(bucket.refused);
-                let rate = if first || secs <= 0.0 {
-                    0.0
-                } else {
-                    delta_req as f64 / secs
-                };
-                if rate > 0.0 && bucket.refused > 0 {
-                    rates.insert(id, rate);
+        });
+        // Most newly refused first.
+        let mut refused = Best::new(MAX_SIGHTINGS, |a: &(u64, f64, Level, AddrKey), b| {
+            b.0.cmp(&a.0)
+        });
+        let mut with_refusals = 0u64;
+        let mut tracked = [0u64; 2];
+        let mut chunk = Vec::with_capacity(CHUNK);
+        for (i, level) in [Level::Source, Level::Aggregate].into_iter().enumerate() {
+            let mut walk = match level {
+                Level::Source => self.reader.walk_sources(CHUNK),
+                Level::Aggregate => self.reader.walk_aggregates(CHUNK),
+            };
+            loop {
+                let chunk_cpu = thread_cpu_time();
+                chunk.clear();
+                let more = walk.next_chunk(&mut chunk)?;
+                tracked[i] += chunk.len() as u64;
+                for (key, bucket) in &chunk {
+                    let id = (level, *key);
+                    current.insert(id, (bucket.requests, bucket.refused));
+                    let (prev_req, prev_ref) = self.previous.get(&id).copied().unwrap_or((0, 0));
+                    // A key evicted and re-inserted restarts its counters; count from zero then.
+                    let delta_req = bucket
+                        .requests
+                        .checked_sub(prev_req)
+                        .unwrap_or(bucket.requests);
+                    let delta_ref = bucket
+                        .refused
+                        .checked_sub(prev_ref)
+                        .unwrap_or(bucket.refused);
+                    let rate = if first || secs <= 0.0 {
+                        0.0
+                    } else {
+                        delta_req as f64 / secs
+                    };
+                    if rate > 0.0 && bucket.refused > 0 && rates.len() < MAX_RATES {
+                        rates.insert(id, rate);
+                    }
+                    if (!first || self.baseline_known) && delta_ref > 0 {
+                        with_refusals += 1;
+                        refused.push((delta_ref, rate, level, *key));
+                    }
+                    busiest.push((rate, level, *key, *bucket));
                 }
-                if (!first || self.baseline_known) && delta_ref > 0 {
-                    sightings.push(Sighting {
-                        source: prefixes.cidr(level, key).to_string(),
-                        level: level.as_str(),
-                        at_ms,
-                        rate,
-                        dropped: delta_ref,
-                        banned: false,
-                        event: false,
-                    });
+                if !more {
+                    break;
                 }
-                candidates.push((rate, level, *key, *bucket));
-                // Keep the candidates bounded: trim to the best MAX_ROWS whenever twice that
-                // many have gathered (amortised linear in the table size).
-                if candidates.len() >= 2 * MAX_ROWS {
-                    candidates.select_nth_unstable_by(MAX_ROWS, order);
-                    candidates.truncate(MAX_ROWS);
+                let rest = pace.rest_after(thread_cpu_time().saturating_sub(chunk_cpu));
+                if !rest.is_zero() {
+                    std::thread::sleep(rest);
                 }
             }
         }
-        if candidates.len() > MAX_ROWS {
-            candidates.select_nth_unstable_by(MAX_ROWS, order);
-            candidates.truncate(MAX_ROWS);
-        }
-        candidates.sort_by(order);
-        let rows = candidates
+        let at_ms = timefmt::unix_ms(now_w);
+        let sightings: Vec<Sighting> = refused
+            .into_sorted()
+            .into_iter()
+            .map(|(dropped, rate, level, key)| Sighting {
+                source: prefixes.cidr(level, &key).to_string(),
+                level: level.as_str(),
+                at_ms,
+                rate,
+                dropped,
+                banned: false,
+                event: false,
+            })
+            .collect();
+        let rows = busiest
+            .into_sorted()
             .into_iter()
             .map(|(rate, level, key, bucket)| {
                 let until = match level {
@@ -346,14 +485,16 @@ impl Sampler {
             taken_at: Some(now_w),
             interval,
             took: started.elapsed(),
-            tracked_sources: sources.len() as u64,
-            tracked_aggregates: aggregates.len() as u64,
+            busy: thread_cpu_time().saturating_sub(cpu_at_start),
+            tracked_sources: tracked[0],
+            tracked_aggregates: tracked[1],
             active_bans: ban_of.len() as u64,
             rows,
             rates,
         };
         Ok(SampleOutput {
             snapshot: Arc::new(snapshot),
+            folded: with_refusals - sightings.len() as u64,
             sightings,
         })
     }
@@ -399,10 +540,37 @@ mod pacing_tests {
     #[test]
     fn sampling_stays_within_its_share_of_a_core() {
         assert_eq!(period_after(Duration::from_millis(5)), INTERVAL);
-        let took = Duration::from_millis(900);
-        let period = period_after(took);
-        assert!(took.as_secs_f64() / period.as_secs_f64() <= MAX_CPU_SHARE + 1e-9);
-        assert!(period <= Duration::from_secs(23), "{period:?}");
+        let busy = Duration::from_millis(500);
+        let period = period_after(busy);
+        assert!(busy.as_secs_f64() / period.as_secs_f64() <= MAX_CPU_SHARE + 1e-9);
+        assert!(period <= Duration::from_secs(40), "{period:?}");
+    }
+
+    #[test]
+    fn a_chunk_rests_for_its_share_and_not_at_all_when_hurried() {
+        let pace = Pace::new(SAMPLE_CPU_SHARE);
+        let busy = Duration::from_millis(1);
+        let rest = pace.rest_after(busy);
+        let share = busy.as_secs_f64() / (busy + rest).as_secs_f64();
+        assert!((share - SAMPLE_CPU_SHARE).abs() < 1e-6, "share {share}");
+        assert!(
+            pace.rest_after(Duration::from_secs(1)) <= Duration::from_millis(250),
+            "a stop is never waited on for long"
+        );
+        pace.hurry.store(true, Ordering::Relaxed);
+        assert_eq!(pace.rest_after(busy), Duration::ZERO);
+        assert_eq!(Pace::default().rest_after(busy), Duration::ZERO, "unpaced");
+    }
+
+    #[test]
+    fn the_ranking_keeps_the_best_whatever_the_order_they_come_in() {
+        let mut best = Best::new(3, |a: &u64, b: &u64| b.cmp(a));
+        for x in [5, 1, 9, 3, 7, 8, 2, 6, 4, 0, 10] {
+            best.push(x);
+        }
+        assert_eq!(best.into_sorted(), vec![10, 9, 8]);
+        let few = Best::new(3, |a: &u64, b: &u64| b.cmp(a));
+        assert!(few.into_sorted().is_empty());
     }
 }
 

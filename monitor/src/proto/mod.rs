@@ -39,6 +39,7 @@ pub enum SetRequest {
     HttpPath(String),
     PortAdd(u16),
     PortRm(u16),
+    EventsPerSec(u32),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -187,6 +188,23 @@ pub struct StatusReply {
     /// Capacity (max entries) of each kernel table, by map name, as created or adopted.
     #[serde(default)]
     pub capacity: BTreeMap<String, u32>,
+    /// The table sampler's own figures.
+    #[serde(default)]
+    pub sampler: SamplerStatus,
+}
+
+/// What the sampler has done: how many samples, what the last one cost, and how many sources
+/// a flood kept out of the history's per-source rows.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SamplerStatus {
+    pub samples: u64,
+    /// From the last sample's start to its end (it rests between chunks).
+    pub last_took_ms: u64,
+    /// The CPU time the last sample used.
+    pub last_cpu_ms: u64,
+    /// Sources with newly refused requests not written to the history one by one (a sample
+    /// writes at most the 1,000 that refused most).
+    pub history_folded_sources: u64,
 }
 
 /// Reply to commands that change something.
