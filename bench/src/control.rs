@@ -33,6 +33,8 @@ pub struct ControlResult {
     pub flood_secs: f64,
     pub daemon_cpu_fraction: f64,
     pub daemon_lines_per_sec: f64,
+    /// The most offender event lines in any one second of the paced flood.
+    pub daemon_event_lines_max_per_sec: u64,
     pub events_per_sec: f64,
     pub top_ms_under_flood: Summary,
     pub top_ms_idle: Summary,
@@ -143,8 +145,7 @@ fn across_a_sample(
         last.busy.as_millis(),
         period.saturating_sub(last.took).as_secs_f64()
     );
-    let max_secs =
-        (period.as_secs_f64() + 2.0 * last.took.as_secs_f64() + 10.0).min(120.0);
+    let max_secs = (period.as_secs_f64() + 2.0 * last.took.as_secs_f64() + 10.0).min(120.0);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let h = {
         let stop = stop.clone();
@@ -358,6 +359,7 @@ pub fn run(
         flood_secs: wall,
         daemon_cpu_fraction: used.cpu_fraction,
         daemon_lines_per_sec: used.lines_per_sec,
+        daemon_event_lines_max_per_sec: used.event_lines_max_per_sec,
         events_per_sec: match (ev0, ev1) {
             (Some(a), Some(b)) => (b - a) as f64 / wall,
             _ => f64::NAN,
