@@ -137,7 +137,11 @@ fn across_a_sample(
     // The daemon paces its samples to a share of a core, so the next one is due about
     // `period_after(busy)` after this one started. Flood from now until it has been counted
     // (and a second more), rather than trusting the prediction to the second.
-    let period = monitor::daemon::sampler::period_after(last.busy);
+    // The bench's daemon runs with the default --sample-cpu.
+    let period = monitor::daemon::sampler::period_after(
+        last.busy,
+        monitor::daemon::sampler::SAMPLE_CPU_SHARE,
+    );
     eprintln!(
         "bench:   full-table sample of {} sources took {} ms ({} ms of CPU); flooding at full rate until the next one (due in about {:.0} s) is done",
         last.tracked,

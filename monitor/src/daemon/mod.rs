@@ -592,7 +592,8 @@ async fn sample_loop(
     let mut last_error_logged: Option<Instant> = None;
     let mut next_start = Instant::now();
     let mut stopping = false;
-    let pace = sampler::Pace::new(sampler::SAMPLE_CPU_SHARE);
+    let share = f64::from(shared.settings().sample_cpu) / 100.0;
+    let pace = sampler::Pace::new(share);
     // A stop finishes the sample in progress at full speed (its final counters are the ones
     // the next daemon starts from).
     tokio::spawn({
@@ -639,7 +640,7 @@ async fn sample_loop(
         let m = &shared.metrics;
         match out {
             Ok(out) => {
-                next_start = started + sampler::period_after(out.snapshot.busy);
+                next_start = started + sampler::period_after(out.snapshot.busy, share);
                 m.samples.inc();
                 m.last_sample_seconds.set(out.snapshot.took.as_secs_f64());
                 m.last_sample_cpu_seconds
@@ -653,7 +654,7 @@ async fn sample_loop(
                 shared.record_history(out.sightings).await;
             }
             Err(e) => {
-                next_start = started + sampler::period_after(started.elapsed());
+                next_start = started + sampler::period_after(started.elapsed(), share);
                 m.sample_errors.inc();
                 if last_error_logged.is_none_or(|t| t.elapsed().as_secs() >= 60) {
                     warn!("sampling the tables failed: {e:#}");

@@ -4,12 +4,13 @@
 //! the change in its `requests` counter, and keep the busiest keys ready to serve.
 //!
 //! A sample must never stall the data plane. On an API host the daemon shares its cores with
-//! the packet processing it protects, and a whole-table read of a million sources is about
-//! half a second of CPU: taken in one go, it is half a second in which that core forwards
+//! the packet processing it protects, and a whole-table read of a million sources is
+//! about a second of CPU: taken in one go, it is a second in which that core forwards
 //! nothing (measured: the drop rate fell to 4% of normal while it ran, with the daemon above
 //! the receive thread). So a sample reads [`CHUNK`] entries at a time and, after each chunk,
-//! sleeps long enough that its busy time stays within [`SAMPLE_CPU_SHARE`] of the time it
-//! runs; the next sample starts when the whole cycle stays within [`MAX_CPU_SHARE`]. Busy
+//! sleeps long enough that its busy time stays within `--sample-cpu` (default
+//! [`SAMPLE_CPU_SHARE`]) of the time it runs; the next sample starts when the whole cycle stays
+//! within [`CYCLE_FRACTION`] of that. Busy
 //! time is the sampler thread's own CPU time, not wall time, so a sampler that is itself
 //! preempted does not stretch its own budget. A stopping daemon sets [`Pace::hurry`], and the
 //! sample in progress finishes without sleeping.
@@ -40,22 +41,26 @@ pub const INTERVAL: Duration = Duration::from_secs(1);
 /// Entries read per system call. Small enough that one chunk (read and processed) is about a
 /// millisecond of CPU here, large enough that no hash bucket overflows it.
 pub const CHUNK: usize = 2048;
-/// The share of one core a sample may use while it runs (busy time over the time it runs).
-pub const SAMPLE_CPU_SHARE: f64 = 0.03;
-/// The share of one core sampling may use over a whole cycle: the next sample starts
-/// `busy / MAX_CPU_SHARE` after this one started. At a million sources a sample is about half
-/// a second of CPU here, so it runs for about 15 s and one starts every ~30 s; rates are
-/// computed over the real time between samples, and events are not affected.
-pub const MAX_CPU_SHARE: f64 = 0.015;
+/// The share of one core a sample may use while it runs (busy time over the time it runs), by
+/// default (`--sample-cpu`).
+pub const SAMPLE_CPU_SHARE: f64 = crate::config::DEFAULT_SAMPLE_CPU as f64 / 100.0;
+/// Over a whole cycle sampling uses this fraction of its share while sampling: the next sample
+/// starts `busy / (share * CYCLE_FRACTION)` after this one started. At a million sources a
+/// sample is about a second of CPU here, so at the default share it runs for about 30 s and
+/// one starts every ~60 s; rates are computed over the real time between samples, and events
+/// are not affected.
+pub const CYCLE_FRACTION: f64 = 0.5;
 /// History rows one sample may write: the keys with the most newly refused requests.
 pub const MAX_SIGHTINGS: usize = 1000;
 /// Keys whose rate is kept for event lines (those with refused requests, busiest first
 /// among the retained rows, then first come).
 pub const MAX_RATES: usize = 65_536;
 
-/// Time from the start of a sample that was busy for `busy` to the start of the next.
-pub fn period_after(busy: Duration) -> Duration {
-    INTERVAL.max(busy.div_f64(MAX_CPU_SHARE))
+/// Time from the start of a sample that was busy for `busy`, at `share` of a core while
+/// sampling, to the start of the next.
+pub fn period_after(busy: Duration, share: f64) -> Duration {
+    let cycle_share = (share * CYCLE_FRACTION).clamp(1e-3, 1.0);
+    INTERVAL.max(busy.div_f64(cycle_share))
 }
 
 /// The CPU time this thread has used.
@@ -539,11 +544,14 @@ mod pacing_tests {
 
     #[test]
     fn sampling_stays_within_its_share_of_a_core() {
-        assert_eq!(period_after(Duration::from_millis(5)), INTERVAL);
+        let share = SAMPLE_CPU_SHARE;
+        assert_eq!(period_after(Duration::from_millis(5), share), INTERVAL);
         let busy = Duration::from_millis(500);
-        let period = period_after(busy);
-        assert!(busy.as_secs_f64() / period.as_secs_f64() <= MAX_CPU_SHARE + 1e-9);
+        let period = period_after(busy, share);
+        let cycle = busy.as_secs_f64() / period.as_secs_f64();
+        assert!(cycle <= share * CYCLE_FRACTION + 1e-9, "{cycle}");
         assert!(period <= Duration::from_secs(40), "{period:?}");
+        assert_eq!(period_after(busy, 1.0), Duration::from_secs(1), "unpaced");
     }
 
     #[test]
