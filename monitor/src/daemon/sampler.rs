@@ -141,6 +141,25 @@ impl Hasher for KeyHasher {
 }
 
 pub type KeyMap<V> = HashMap<(Level, AddrKey), V, BuildHasherDefault<KeyHasher>>;
+
+/// A key's counters as the history has booked them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counted {
+    pub requests: u64,
+    pub refused: u64,
+    /// The sample that last saw the key (0: from a saved baseline, not sampled yet).
+    seen: u32,
+}
+
+impl Counted {
+    pub fn new(requests: u64, refused: u64) -> Self {
+        Self {
+            requests,
+            refused,
+            seen: 0,
+        }
+    }
+}
 /// Rows kept per sample; `top --limit` is capped here.
 pub const MAX_ROWS: usize = crate::proto::MAX_TOP_ROWS;
 
@@ -218,7 +237,7 @@ pub enum Baseline {
     /// Tables created by this run: everything they hold is new.
     Empty,
     /// The counters as the previous daemon last booked them (saved when it stopped).
-    Saved(KeyMap<(u64, u64)>),
+    Saved(KeyMap<Counted>),
     /// Adopted tables and no saved baseline (the previous daemon did not stop cleanly): the
     /// first sample only sets the baseline.
     Unknown,
@@ -233,16 +252,22 @@ const BASELINE_ENTRY: usize = 1 + 16 + 8 + 8;
 pub fn save_baseline(
     path: &std::path::Path,
     table_ids: (u32, u32),
-    booked: &KeyMap<(u64, u64)>,
+    booked: &KeyMap<Counted>,
 ) -> std::io::Result<usize> {
     use std::io::Write as _;
-    let entries: Vec<_> = booked.iter().filter(|(_, (_, r))| *r > 0).collect();
+    let entries: Vec<_> = booked.iter().filter(|(_, c)| c.refused > 0).collect();
     let mut buf = Vec::with_capacity(24 + entries.len() * BASELINE_ENTRY);
     buf.extend_from_slice(BASELINE_MAGIC);
     buf.extend_from_slice(&table_ids.0.to_le_bytes());
     buf.extend_from_slice(&table_ids.1.to_le_bytes());
     buf.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-    for ((level, key), (requests, refused)) in &entries {
+    for (
+        (level, key),
+        Counted {
+            requests, refused, ..
+        },
+    ) in &entries
+    {
         buf.push(matches!(level, Level::Aggregate) as u8);
         buf.extend_from_slice(&key.addr);
         buf.extend_from_slice(&requests.to_le_bytes());
@@ -258,7 +283,7 @@ pub fn save_baseline(
 
 /// Reads and removes a saved baseline. None when there is none, or when it was taken from
 /// other tables than `table_ids`, or when it is damaged.
-pub fn take_baseline(path: &std::path::Path, table_ids: (u32, u32)) -> Option<KeyMap<(u64, u64)>> {
+pub fn take_baseline(path: &std::path::Path, table_ids: (u32, u32)) -> Option<KeyMap<Counted>> {
     let bytes = std::fs::read(path).ok()?;
     let _ = std::fs::remove_file(path);
     let (head, body) = bytes.split_at_checked(24)?;
@@ -283,20 +308,21 @@ pub fn take_baseline(path: &std::path::Path, table_ids: (u32, u32)) -> Option<Ke
         };
         let requests = u64::from_le_bytes(e[17..25].try_into().unwrap());
         let refused = u64::from_le_bytes(e[25..33].try_into().unwrap());
-        out.insert((level, key), (requests, refused));
+        out.insert((level, key), Counted::new(requests, refused));
     }
     Some(out)
 }
 
 pub struct Sampler {
     reader: TableReader,
-    /// Whether the first sample's refused counts, measured against `previous`, are news for
+    /// Whether the first sample's refused counts, measured against `booked`, are news for
     /// the history (false only for adopted tables without a saved baseline).
     baseline_known: bool,
-    previous: KeyMap<(u64, u64)>,
-    /// The map before `previous`, kept to be cleared and refilled: allocating (and faulting
-    /// in) a fresh million-entry map every second costs more than the inserts.
-    spare: KeyMap<(u64, u64)>,
+    /// Every key's counters as of the last sample that saw it, updated in place (one hash
+    /// lookup per key and sample; keys a sample did not see are dropped after it).
+    booked: KeyMap<Counted>,
+    /// The number of samples taken.
+    generation: u32,
     previous_at: Option<Instant>,
 }
 
@@ -353,7 +379,7 @@ impl<T, F: FnMut(&T, &T) -> std::cmp::Ordering> Best<T, F> {
 
 impl Sampler {
     pub fn new(reader: TableReader, baseline: Baseline) -> Self {
-        let (baseline_known, previous) = match baseline {
+        let (baseline_known, booked) = match baseline {
             Baseline::Empty => (true, KeyMap::default()),
             Baseline::Saved(map) => (true, map),
             Baseline::Unknown => (false, KeyMap::default()),
@@ -361,8 +387,8 @@ impl Sampler {
         Self {
             reader,
             baseline_known,
-            previous,
-            spare: KeyMap::default(),
+            booked,
+            generation: 0,
             previous_at: None,
         }
     }
@@ -387,9 +413,8 @@ impl Sampler {
             .filter(|(_, b)| b.until_ns > now_k)
             .map(|(k, b)| (*k, b.until_ns))
             .collect();
-        let mut current = std::mem::take(&mut self.spare);
-        current.clear();
-        current.reserve(self.previous.len());
+        self.generation = self.generation.wrapping_add(1).max(1);
+        let generation = self.generation;
         let mut rates = KeyMap::default();
         // Busiest first; among equals, the most requests overall.
         let mut busiest = Best::new(MAX_ROWS, |a: &Seen, b: &Seen| {
@@ -414,8 +439,13 @@ impl Sampler {
                 tracked[i] += chunk.len() as u64;
                 for (key, bucket) in &chunk {
                     let id = (level, *key);
-                    current.insert(id, (bucket.requests, bucket.refused));
-                    let (prev_req, prev_ref) = self.previous.get(&id).copied().unwrap_or((0, 0));
+                    let booked = self.booked.entry(id).or_default();
+                    let (prev_req, prev_ref) = (booked.requests, booked.refused);
+                    *booked = Counted {
+                        requests: bucket.requests,
+                        refused: bucket.refused,
+                        seen: generation,
+                    };
                     // A key evicted and re-inserted restarts its counters; count from zero then.
                     let delta_req = bucket
                         .requests
@@ -483,7 +513,8 @@ impl Sampler {
                 }
             })
             .collect();
-        self.spare = std::mem::replace(&mut self.previous, current);
+        // Keys gone from the tables (evicted, expired) since the sample before.
+        self.booked.retain(|_, c| c.seen == generation);
         self.baseline_known = true;
         self.previous_at = Some(started);
         let snapshot = Snapshot {
@@ -507,8 +538,8 @@ impl Sampler {
 
 impl Sampler {
     /// The counters the history has booked so far (what the next daemon starts from).
-    pub fn booked(&self) -> &KeyMap<(u64, u64)> {
-        &self.previous
+    pub fn booked(&self) -> &KeyMap<Counted> {
+        &self.booked
     }
 }
 
@@ -592,13 +623,19 @@ mod baseline_tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("offenders.db.baseline");
         let mut booked = KeyMap::default();
-        booked.insert((Level::Source, AddrKey::from_v4([192, 0, 2, 1])), (50, 7));
+        booked.insert(
+            (Level::Source, AddrKey::from_v4([192, 0, 2, 1])),
+            Counted::new(50, 7),
+        );
         booked.insert(
             (Level::Aggregate, AddrKey::from_v4([192, 0, 2, 0])),
-            (80, 9),
+            Counted::new(80, 9),
         );
         // Keys with nothing refused need no baseline: all their refusals are news.
-        booked.insert((Level::Source, AddrKey::from_v4([192, 0, 2, 2])), (5, 0));
+        booked.insert(
+            (Level::Source, AddrKey::from_v4([192, 0, 2, 2])),
+            Counted::new(5, 0),
+        );
         assert_eq!(save_baseline(&path, (11, 12), &booked).unwrap(), 2);
         assert!(take_baseline(&path, (11, 13)).is_none(), "other tables");
         assert!(!path.exists(), "a read baseline is removed");
@@ -607,7 +644,7 @@ mod baseline_tests {
         assert_eq!(got.len(), 2);
         assert_eq!(
             got[&(Level::Aggregate, AddrKey::from_v4([192, 0, 2, 0]))],
-            (80, 9)
+            Counted::new(80, 9)
         );
         assert!(take_baseline(&path, (11, 12)).is_none(), "used once");
         std::fs::remove_dir_all(&dir).unwrap();
