@@ -141,8 +141,8 @@ pub fn summary(all: &All) -> serde_json::Value {
             .get(Filter::Deployed.label())
     });
     put(
-        "deployed_daemon_lines_per_sec_1m",
-        deployed_1m.and_then(|c| c.daemon_lines_per_sec.as_ref().map(|s| s.median)),
+        "deployed_daemon_event_lines_max_1m",
+        deployed_1m.and_then(|c| c.daemon_event_lines_max.as_ref().map(|s| s.max)),
     );
     put(
         "sample_drop_ratio_1m",
@@ -642,7 +642,7 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
             let _ = writeln!(o, "### {traffic}\n");
             let _ = writeln!(
                 o,
-                "| Sources | Configuration | Offered | Passed | Dropped | Drop vs best peer | Rx core busy | Daemon CPU, lines/s |\n|---|---|---|---|---|---|---|---|"
+                "| Sources | Configuration | Offered | Passed | Dropped | Drop vs best peer | Rx core busy | Daemon CPU, event lines in its busiest second |\n|---|---|---|---|---|---|---|---|"
             );
             let order = ["1", "10k", "1M cold", "1M warm"];
             for regime in order.iter().filter(|r| regimes.contains_key(**r)) {
@@ -672,7 +672,7 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
                         (Some(b), false) if b > 0.0 => format!("{:.2}x", c.dropped.median / b),
                         _ => "".into(),
                     };
-                    let daemon = match (&c.daemon_cpu, &c.daemon_lines_per_sec) {
+                    let daemon = match (&c.daemon_cpu, &c.daemon_event_lines_max) {
                         (Some(cpu), Some(lines)) => format!(
                             "{}, {}",
                             cpu.show(|x| format!("{:.1}%", x * 100.0)),
@@ -881,9 +881,10 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
         );
         let _ = writeln!(
             o,
-            "- Daemon during the paced flood: **{:.1}% of one core** (utime+stime from /proc/<pid>/stat over the flood), {:.0} lines/s written.",
+            "- Daemon during the paced flood: **{:.1}% of one core** (utime+stime from /proc/<pid>/stat over the flood), {:.0} lines/s written (event lines and summaries), at most {} event lines in any one second (`--event-lines` 20/s).",
             c.daemon_cpu_fraction * 100.0,
-            c.daemon_lines_per_sec
+            c.daemon_lines_per_sec,
+            c.daemon_event_lines_max_per_sec
         );
         let _ = writeln!(
             o,
