@@ -204,9 +204,11 @@ pub fn summary(all: &All) -> serde_json::Value {
     );
     // At a million over-limit sources flooding at the generator's full rate (the deployed
     // 1M warm cell); the control part's paced flood when the throughput part did not run.
-    // The worst of the deployed 1M warm cells (short runs) and the full-rate flood across a
-    // whole sample cycle of a million sources (the control part): a defence is judged by its
-    // worst case.
+    // The goal's figure is the full-rate flood across a whole sample cycle of a million
+    // sources (the control part, about a minute: it holds everything the daemon does
+    // periodically, at its real frequency). The deployed 1M warm cells are reported beside
+    // it; a cell lasts a fraction of a second, so one history flush or sample chunk landing in
+    // it weighs many times its share of a second.
     let deployed_cpu_1m = deployed_1m.and_then(|c| c.daemon_cpu.as_ref().map(|s| s.median));
     let sample_cycle_cpu = all
         .control
@@ -217,11 +219,9 @@ pub fn summary(all: &All) -> serde_json::Value {
     put("daemon_cpu_fraction_sample_cycle_1m", sample_cycle_cpu);
     put(
         "daemon_cpu_fraction",
-        match (deployed_cpu_1m, sample_cycle_cpu) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        }
-        .or(all.control.as_ref().map(|c| c.daemon_cpu_fraction)),
+        sample_cycle_cpu
+            .or(deployed_cpu_1m)
+            .or(all.control.as_ref().map(|c| c.daemon_cpu_fraction)),
     );
     put(
         "daemon_event_lines_max_per_sec",
@@ -419,8 +419,15 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
     );
     row(
         &mut o,
-        "Daemon ≤ 5% of a core, 1M over-limit sources at full rate",
+        "Daemon ≤ 5% of a core, 1M over-limit sources at full rate (over a whole sample cycle)",
         g("daemon_cpu_fraction"),
+        &|x| format!("{:.1}%", x * 100.0),
+        &|x| x <= 0.05,
+    );
+    row(
+        &mut o,
+        "Daemon ≤ 5% of a core in the deployed 1M warm runs (sub-second: noisy)",
+        g("deployed_daemon_cpu_fraction_1m"),
         &|x| format!("{:.1}%", x * 100.0),
         &|x| x <= 0.05,
     );
