@@ -48,6 +48,8 @@ pub struct SampleWindow {
     /// Sources in the sampled table, and how long the daemon said the sample took.
     pub tracked: u64,
     pub took_ms: u64,
+    /// The CPU time the daemon said the sample used (it rests between chunks).
+    pub cpu_ms: u64,
     /// Seconds of the flood inside the sample, and the drop rate (pps) there.
     pub during_secs: f64,
     pub during_pps: f64,
@@ -265,6 +267,7 @@ fn across_a_sample(
     let r = SampleWindow {
         tracked: polls[k].tracked,
         took_ms: took.as_millis() as u64,
+        cpu_ms: polls[k].busy.as_millis() as u64,
         during_secs: during_s,
         during_pps: during as f64 / during_s,
         outside_secs: outside_s,

@@ -905,14 +905,16 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
             Some(w) => {
                 let _ = writeln!(
                     o,
-                    "- Drop rate during a full-table sample ({} sources, the sample took {} ms): the flood \
+                    "- Drop rate during a full-table sample ({} sources; the sample ran {} ms and used {} ms \
+                     of CPU, resting between chunks to stay within `--sample-cpu` 3%): the flood \
                      ran at the generator's full rate ({:.2} Mpps offered) from before the daemon's next \
-                     sample until after it; `monitor --json stats` polled every 100 ms. Dropped **{:.3} \
+                     sample until after it; the kernel's drop counter polled every 100 ms. Dropped **{:.3} \
                      Mpps during the sample** ({:.1} s of polls wholly inside it) against {:.3} Mpps \
-                     outside it ({:.1} s): **{:.0}%**. Daemon over that flood: {:.1}% of a core, {:.0} \
-                     lines/s.\n",
+                     outside it ({:.1} s): **{:.0}%**. Daemon over that flood (a whole sample cycle): \
+                     **{:.1}% of a core**, {:.0} lines/s.\n",
                     w.tracked,
                     w.took_ms,
+                    w.cpu_ms,
                     w.offered_pps / 1e6,
                     w.during_pps / 1e6,
                     w.during_secs,
