@@ -130,11 +130,13 @@ pub fn print(request: &Request, value: Value, json: bool) -> Result<()> {
                 )
             );
             println!(
-                "({} sources and {} aggregates tracked; sampled {} in {} ms)",
+                "({} sources and {} aggregates tracked; sampled {} over {} ms using {} ms of CPU; rates over the last {:.1} s)",
                 reply.tracked_sources,
                 reply.tracked_aggregates,
                 reply.sampled_at.as_deref().unwrap_or("not yet"),
-                reply.sample_took_ms
+                reply.sample_took_ms,
+                reply.sample_cpu_ms,
+                reply.interval_ms as f64 / 1000.0
             );
         }
         Request::Offenders { .. } => {

@@ -109,8 +109,12 @@ pub struct TopReply {
     /// When the sample was taken (RFC 3339), and over how long the rates were measured.
     pub sampled_at: Option<String>,
     pub interval_ms: u64,
-    /// How long reading and ranking the tables took.
+    /// How long reading and ranking the tables took, start to end (the sampler rests
+    /// between chunks, so a large table's sample is mostly rest).
     pub sample_took_ms: u64,
+    /// The CPU time that sample used.
+    #[serde(default)]
+    pub sample_cpu_ms: u64,
     pub tracked_sources: u64,
     pub tracked_aggregates: u64,
     pub rows: Vec<TopRow>,
