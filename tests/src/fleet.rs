@@ -12,7 +12,7 @@ use std::{
 
 use crate::{
     daemon::{Daemon, Paths},
-    netns::{Netns, sh, unique},
+    netns::{Netns, unique},
     traffic::Server,
 };
 
@@ -154,12 +154,7 @@ pub struct World {
 }
 
 fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
-    sh(&[
-        "ip", "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
-        &b.name,
-    ]);
-    a.exec(&["ip", "link", "set", a_if, "up"]);
-    b.exec(&["ip", "link", "set", b_if, "up"]);
+    devkit::netns::veth(&a.name, a_if, &b.name, b_if).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 impl World {
