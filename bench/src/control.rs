@@ -33,6 +33,8 @@ pub struct ControlResult {
     pub flood_secs: f64,
     pub daemon_cpu_fraction: f64,
     pub daemon_lines_per_sec: f64,
+    /// The most offender event lines in any one second of the paced flood.
+    pub daemon_event_lines_max_per_sec: u64,
     pub events_per_sec: f64,
     pub top_ms_under_flood: Summary,
     pub top_ms_idle: Summary,
@@ -46,6 +48,8 @@ pub struct SampleWindow {
     /// Sources in the sampled table, and how long the daemon said the sample took.
     pub tracked: u64,
     pub took_ms: u64,
+    /// The CPU time the daemon said the sample used (it rests between chunks).
+    pub cpu_ms: u64,
     /// Seconds of the flood inside the sample, and the drop rate (pps) there.
     pub during_secs: f64,
     pub during_pps: f64,
@@ -72,6 +76,8 @@ struct Poll {
     at: Instant,
     samples: u64,
     took: Duration,
+    /// The CPU time of the last sample (what the daemon paces its samples on).
+    busy: Duration,
     dropped: u64,
     tracked: u64,
 }
@@ -89,6 +95,7 @@ fn poll(t: &Topology, d: &Daemon) -> anyhow::Result<Poll> {
         at: Instant::now(),
         samples: get("monitor_samples_total")? as u64,
         took: Duration::from_secs_f64(get("monitor_last_sample_duration_seconds")?),
+        busy: Duration::from_secs_f64(get("monitor_last_sample_cpu_seconds")?),
         dropped,
         tracked: get("monitor_tracked_sources")? as u64,
     })
@@ -130,16 +137,21 @@ fn across_a_sample(
         );
     };
     // The daemon paces its samples to a share of a core, so the next one is due about
-    // `period_after(took)` after this one started. Flood from now until it has been counted
+    // `period_after(busy)` after this one started. Flood from now until it has been counted
     // (and a second more), rather than trusting the prediction to the second.
-    let period = monitor::daemon::sampler::period_after(last.took);
+    // The bench's daemon runs with the default --sample-cpu.
+    let period = monitor::daemon::sampler::period_after(
+        last.busy,
+        monitor::daemon::sampler::SAMPLE_CPU_SHARE,
+    );
     eprintln!(
-        "bench:   full-table sample of {} sources took {} ms; flooding at full rate until the next one (due in about {:.0} s) is done",
+        "bench:   full-table sample of {} sources took {} ms ({} ms of CPU); flooding at full rate until the next one (due in about {:.0} s) is done",
         last.tracked,
         last.took.as_millis(),
+        last.busy.as_millis(),
         period.saturating_sub(last.took).as_secs_f64()
     );
-    let max_secs = (period.as_secs_f64() + 10.0 * last.took.as_secs_f64() + 5.0).min(90.0);
+    let max_secs = (period.as_secs_f64() + 2.0 * last.took.as_secs_f64() + 10.0).min(120.0);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let h = {
         let stop = stop.clone();
@@ -255,6 +267,7 @@ fn across_a_sample(
     let r = SampleWindow {
         tracked: polls[k].tracked,
         took_ms: took.as_millis() as u64,
+        cpu_ms: polls[k].busy.as_millis() as u64,
         during_secs: during_s,
         during_pps: during as f64 / during_s,
         outside_secs: outside_s,
@@ -353,6 +366,7 @@ pub fn run(
         flood_secs: wall,
         daemon_cpu_fraction: used.cpu_fraction,
         daemon_lines_per_sec: used.lines_per_sec,
+        daemon_event_lines_max_per_sec: used.event_lines_max_per_sec,
         events_per_sec: match (ev0, ev1) {
             (Some(a), Some(b)) => (b - a) as f64 / wall,
             _ => f64::NAN,

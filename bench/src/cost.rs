@@ -26,6 +26,7 @@ use crate::{
     fill,
     frames::{self, L4},
     progs::Bench,
+    sys::sh,
     stats::{Summary, summarize},
 };
 
@@ -96,15 +97,6 @@ fn connect(src: SocketAddr, dst: &TcpListener) -> anyhow::Result<(Socket, TcpStr
     client.connect(&dst.local_addr()?.into())?;
     let (server, _) = dst.accept()?;
     Ok((client, server))
-}
-
-fn sh(args: &[&str]) -> anyhow::Result<()> {
-    let status = std::process::Command::new(args[0])
-        .args(&args[1..])
-        .status()
-        .with_context(|| format!("running {args:?}"))?;
-    anyhow::ensure!(status.success(), "{args:?} failed");
-    Ok(())
 }
 
 fn run_in_private_netns(sources: &[u32], rounds: usize, repeat: u32) -> anyhow::Result<CostResult> {

@@ -256,6 +256,26 @@ pub fn count_lines(path: &Path, from: u64) -> (u64, u64) {
     (n, len)
 }
 
+/// The most offender event lines written with the same second in their timestamp, from byte
+/// `from` of the log on (text log format: the line starts with an RFC 3339 timestamp).
+pub fn event_lines_max_per_sec(path: &Path, from: u64) -> u64 {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return 0;
+    };
+    let mut text = String::new();
+    if f.seek(std::io::SeekFrom::Start(from)).is_err() || f.read_to_string(&mut text).is_err() {
+        return 0;
+    }
+    let mut per_second: std::collections::HashMap<&str, u64> = Default::default();
+    for line in text.lines() {
+        let is_event = line.contains(" offender ") && !line.contains(" offender summary:");
+        if let (true, Some(second)) = (is_event, line.get(..19)) {
+            *per_second.entry(second).or_default() += 1;
+        }
+    }
+    per_second.into_values().max().unwrap_or(0)
+}
+
 pub fn cli(bin: &Path, socket: &Path, args: &[&str]) -> anyhow::Result<(f64, String)> {
     let start = Instant::now();
     let out = Command::new(bin)
@@ -289,7 +309,11 @@ pub fn find_u64(v: &serde_json::Value, key: &str) -> Option<u64> {
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct Window {
     pub cpu_fraction: f64,
+    /// Every line the daemon wrote (event lines, summaries, diagnostics) per second.
     pub lines_per_sec: f64,
+    /// The most offender event lines (summaries excluded) stamped with any one second: what
+    /// `--event-lines` bounds.
+    pub event_lines_max_per_sec: u64,
 }
 
 /// Starts measuring the daemon's CPU and log lines.
@@ -315,6 +339,7 @@ impl WindowStart {
         Ok(Window {
             cpu_fraction: cpu / secs,
             lines_per_sec: lines as f64 / secs,
+            event_lines_max_per_sec: event_lines_max_per_sec(&d.log, self.log_len),
         })
     }
 }

@@ -12,7 +12,6 @@
 use std::{
     net::IpAddr,
     os::fd::{AsFd as _, AsRawFd as _},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -22,16 +21,12 @@ use monitor_common::{
     maps::{FleetCount, MAP_FLEET_HITTERS},
 };
 use serde::Serialize;
-use tests::{
-    fleet::{Redis, World},
-    traffic::request,
-};
+use tests::fleet::{Redis, World};
 
 const FLEET_RATE: u64 = 30;
 const SCRAPER_RATE: u32 = 60;
 const INTERVAL: Duration = Duration::from_secs(1);
 const HEAVY_HITTERS: u32 = 10_000;
-const TIMEOUT: Duration = Duration::from_millis(800);
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct FleetRun {
@@ -127,33 +122,7 @@ fn one(n: usize, net: u8, soak: Duration) -> anyhow::Result<FleetRun> {
     // Reaction and overshoot.
     eprintln!("bench: fleet: {n} daemons: a scraper at {SCRAPER_RATE}/s spread over every host");
     let src: IpAddr = world.client_ip(10);
-    let dsts: Vec<_> = world.hosts.iter().map(|h| h.dst()).collect();
-    let results = Arc::new(Mutex::new(Vec::new()));
-    let out = results.clone();
-    let run_for = Duration::from_secs(6);
-    world.client.run_in(move || {
-        let start = Instant::now();
-        let gap = Duration::from_secs(1) / SCRAPER_RATE;
-        let total = (run_for.as_secs_f64() * SCRAPER_RATE as f64) as u32;
-        let mut threads = Vec::new();
-        for k in 0..total {
-            let at = gap * k;
-            if let Some(w) = at.checked_sub(start.elapsed()) {
-                std::thread::sleep(w);
-            }
-            let h = k as usize % dsts.len();
-            let dst = dsts[h];
-            let out = out.clone();
-            threads.push(std::thread::spawn(move || {
-                let ok = request(src, dst, "/lookup", TIMEOUT);
-                out.lock().unwrap().push((at, h, ok));
-            }));
-        }
-        for t in threads {
-            let _ = t.join();
-        }
-    });
-    let results = results.lock().unwrap().clone();
+    let results = world.spread(src, SCRAPER_RATE, Duration::from_secs(6));
     // The limit is crossed when the requests sent in the last second first exceed it.
     let crossed = Duration::from_secs_f64(FLEET_RATE as f64 / SCRAPER_RATE as f64);
     let mut stopped = Duration::ZERO;

@@ -5,11 +5,11 @@
 //! at start. Filters (nftables tables, iptables rules, XDP/TC programs) live inside the API
 //! namespace, so deleting it removes them too.
 
-use std::{fs::File, os::fd::AsRawFd as _};
+use std::fs::File;
 
 use anyhow::{Context as _, bail};
-
-use crate::sys::sh;
+pub use devkit::netns::enter as setns;
+use devkit::netns::{self as ns, sh};
 
 pub const PREFIX: &str = "mbn";
 pub const API_MAC: &str = "02:00:00:00:00:01";
@@ -24,10 +24,8 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(name: String) -> anyhow::Result<Self> {
-        sh(&["ip", "netns", "add", &name])?;
-        let ns = Self { name };
-        ns.exec(&["ip", "link", "set", "lo", "up"])?;
-        Ok(ns)
+        ns::add(&name)?;
+        Ok(Self { name })
     }
 
     pub fn exec(&self, args: &[&str]) -> anyhow::Result<String> {
@@ -37,45 +35,25 @@ impl Netns {
     }
 
     pub fn file(&self) -> anyhow::Result<File> {
-        File::open(format!("/var/run/netns/{}", self.name))
-            .with_context(|| format!("opening netns {}", self.name))
+        ns::ns_file(&self.name)
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = sh(&["ip", "netns", "del", &self.name]);
+        let _ = ns::del(&self.name);
     }
-}
-
-/// Moves the calling thread into a network namespace.
-pub fn setns(f: &File) -> anyhow::Result<()> {
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!("setns: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Runs `f` with the calling thread inside `ns`, then returns it to where it was.
 pub fn within<T>(ns: &Netns, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
-    let home = File::open("/proc/thread-self/ns/net").context("opening own netns")?;
-    setns(&ns.file()?)?;
-    let r = f();
-    setns(&home).context("returning to the original netns")?;
-    r
+    ns::within(&ns.name, f)
 }
 
 /// Removes namespaces an earlier, killed run left behind (their owner pid is gone).
 pub fn remove_stale() {
-    let Ok(list) = sh(&["ip", "netns", "list"]) else {
-        return;
-    };
-    for line in list.lines() {
-        let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix(PREFIX) else {
-            continue;
-        };
-        let pid: String = rest
+    for name in ns::list_with_prefix(PREFIX) {
+        let pid: String = name[PREFIX.len()..]
             .chars()
             .skip(1)
             .take_while(|c| c.is_ascii_digit())
@@ -85,7 +63,7 @@ pub fn remove_stale() {
             && !std::path::Path::new(&format!("/proc/{pid}")).exists()
         {
             eprintln!("bench: removing stale namespace {name}");
-            let _ = sh(&["ip", "netns", "del", name]);
+            let _ = ns::del(&name);
         }
     }
 }

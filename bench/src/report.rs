@@ -142,8 +142,8 @@ pub fn summary(all: &All) -> serde_json::Value {
             .get(Filter::Deployed.label())
     });
     put(
-        "deployed_daemon_lines_per_sec_1m",
-        deployed_1m.and_then(|c| c.daemon_lines_per_sec.as_ref().map(|s| s.median)),
+        "deployed_daemon_event_lines_max_1m",
+        deployed_1m.and_then(|c| c.daemon_event_lines_max.as_ref().map(|s| s.max)),
     );
     put(
         "sample_drop_ratio_1m",
@@ -205,11 +205,30 @@ pub fn summary(all: &All) -> serde_json::Value {
     );
     // At a million over-limit sources flooding at the generator's full rate (the deployed
     // 1M warm cell); the control part's paced flood when the throughput part did not run.
+    // The goal's figure is the full-rate flood across a whole sample cycle of a million
+    // sources (the control part, about a minute: it holds everything the daemon does
+    // periodically, at its real frequency). The deployed 1M warm cells are reported beside
+    // it; a cell lasts a fraction of a second, so one history flush or sample chunk landing in
+    // it weighs many times its share of a second.
+    let deployed_cpu_1m = deployed_1m.and_then(|c| c.daemon_cpu.as_ref().map(|s| s.median));
+    let sample_cycle_cpu = all
+        .control
+        .as_ref()
+        .and_then(|c| c.sample.as_ref())
+        .map(|s| s.daemon.cpu_fraction);
+    put("deployed_daemon_cpu_fraction_1m", deployed_cpu_1m);
+    put("daemon_cpu_fraction_sample_cycle_1m", sample_cycle_cpu);
     put(
         "daemon_cpu_fraction",
-        deployed_1m
-            .and_then(|c| c.daemon_cpu.as_ref().map(|s| s.median))
+        sample_cycle_cpu
+            .or(deployed_cpu_1m)
             .or(all.control.as_ref().map(|c| c.daemon_cpu_fraction)),
+    );
+    put(
+        "daemon_event_lines_max_per_sec",
+        all.control
+            .as_ref()
+            .map(|c| c.daemon_event_lines_max_per_sec as f64),
     );
     put(
         "daemon_cpu_fraction_paced_flood",
@@ -444,10 +463,24 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
     );
     row(
         &mut o,
-        "Daemon ≤ 5% of a core, 1M over-limit sources at full rate",
+        "Daemon ≤ 5% of a core, 1M over-limit sources at full rate (over a whole sample cycle)",
         g("daemon_cpu_fraction"),
         &|x| format!("{:.1}%", x * 100.0),
         &|x| x <= 0.05,
+    );
+    row(
+        &mut o,
+        "Daemon ≤ 5% of a core in the deployed 1M warm runs (sub-second: noisy)",
+        g("deployed_daemon_cpu_fraction_1m"),
+        &|x| format!("{:.1}%", x * 100.0),
+        &|x| x <= 0.05,
+    );
+    row(
+        &mut o,
+        "Daemon event lines ≤ `--event-lines` (default 20) in every second, 1M over-limit sources",
+        g("daemon_event_lines_max_per_sec"),
+        &|x| format!("{x:.0}"),
+        &|x| x <= 20.0,
     );
     row(
         &mut o,
@@ -660,7 +693,7 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
             let _ = writeln!(o, "### {traffic}\n");
             let _ = writeln!(
                 o,
-                "| Sources | Configuration | Offered | Passed | Dropped | Drop vs best peer | Rx core busy | Daemon CPU, lines/s |\n|---|---|---|---|---|---|---|---|"
+                "| Sources | Configuration | Offered | Passed | Dropped | Drop vs best peer | Rx core busy | Daemon CPU, event lines in its busiest second |\n|---|---|---|---|---|---|---|---|"
             );
             let order = ["1", "10k", "1M cold", "1M warm"];
             for regime in order.iter().filter(|r| regimes.contains_key(**r)) {
@@ -690,7 +723,7 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
                         (Some(b), false) if b > 0.0 => format!("{:.2}x", c.dropped.median / b),
                         _ => "".into(),
                     };
-                    let daemon = match (&c.daemon_cpu, &c.daemon_lines_per_sec) {
+                    let daemon = match (&c.daemon_cpu, &c.daemon_event_lines_max) {
                         (Some(cpu), Some(lines)) => format!(
                             "{}, {}",
                             cpu.show(|x| format!("{:.1}%", x * 100.0)),
@@ -948,9 +981,10 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
         );
         let _ = writeln!(
             o,
-            "- Daemon during the paced flood: **{:.1}% of one core** (utime+stime from /proc/<pid>/stat over the flood), {:.0} lines/s written.",
+            "- Daemon during the paced flood: **{:.1}% of one core** (utime+stime from /proc/<pid>/stat over the flood), {:.0} lines/s written (event lines and summaries), at most {} event lines in any one second (`--event-lines` 20/s).",
             c.daemon_cpu_fraction * 100.0,
-            c.daemon_lines_per_sec
+            c.daemon_lines_per_sec,
+            c.daemon_event_lines_max_per_sec
         );
         let _ = writeln!(
             o,
@@ -964,14 +998,16 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
             Some(w) => {
                 let _ = writeln!(
                     o,
-                    "- Drop rate during a full-table sample ({} sources, the sample took {} ms): the flood \
+                    "- Drop rate during a full-table sample ({} sources; the sample ran {} ms and used {} ms \
+                     of CPU, resting between chunks to stay within `--sample-cpu` 3%): the flood \
                      ran at the generator's full rate ({:.2} Mpps offered) from before the daemon's next \
-                     sample until after it; `monitor --json stats` polled every 100 ms. Dropped **{:.3} \
+                     sample until after it; the kernel's drop counter polled every 100 ms. Dropped **{:.3} \
                      Mpps during the sample** ({:.1} s of polls wholly inside it) against {:.3} Mpps \
-                     outside it ({:.1} s): **{:.0}%**. Daemon over that flood: {:.1}% of a core, {:.0} \
-                     lines/s.\n",
+                     outside it ({:.1} s): **{:.0}%**. Daemon over that flood (a whole sample cycle): \
+                     **{:.1}% of a core**, {:.0} lines/s.\n",
                     w.tracked,
                     w.took_ms,
+                    w.cpu_ms,
                     w.offered_pps / 1e6,
                     w.during_pps / 1e6,
                     w.during_secs,

@@ -4,20 +4,8 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-/// Runs a command; returns stdout, or an error carrying its stderr.
-pub fn sh(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .with_context(|| format!("could not start {args:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+/// Runs a command; its stdout, or an error with its stderr.
+pub use devkit::netns::sh;
 
 /// Like `sh` but feeds `input` on stdin (for `nft -f -`).
 pub fn sh_stdin(args: &[&str], input: &str) -> anyhow::Result<String> {

@@ -120,7 +120,9 @@ pub struct Cell {
     pub cpu: Summary,
     /// The deployed daemon's CPU (fraction of one core) and log lines per second.
     pub daemon_cpu: Option<Summary>,
-    pub daemon_lines_per_sec: Option<Summary>,
+    /// The most offender event lines the daemon wrote in any one second of the run (a run
+    /// is shorter than a second, so lines per second over it would magnify one burst).
+    pub daemon_event_lines_max: Option<Summary>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -478,9 +480,9 @@ pub fn run(
                         s.cpu * 100.0,
                         s.daemon
                             .map(|d| format!(
-                                "  daemon {:.1}% of a core, {:.0} lines/s",
+                                "  daemon {:.1}% of a core, {} event lines in its busiest second",
                                 d.cpu_fraction * 100.0,
-                                d.lines_per_sec
+                                d.event_lines_max_per_sec
                             ))
                             .unwrap_or_default()
                     );
@@ -512,7 +514,7 @@ pub fn run(
                     dropped: pick(|s| s.dropped),
                     cpu: pick(|s| s.cpu),
                     daemon_cpu: pick_daemon(|d| d.cpu_fraction),
-                    daemon_lines_per_sec: pick_daemon(|d| d.lines_per_sec),
+                    daemon_event_lines_max: pick_daemon(|d| d.event_lines_max_per_sec as f64),
                 },
             );
     }

@@ -160,16 +160,29 @@ pub struct TableReader {
 }
 
 impl TableReader {
-    pub fn sources(&self) -> Result<Vec<(AddrKey, Bucket)>> {
-        crate::batch::read_all(self.sources.as_raw_fd()).map_err(KernelError::Batch)
-    }
-
-    pub fn aggregates(&self) -> Result<Vec<(AddrKey, Bucket)>> {
-        crate::batch::read_all(self.aggregates.as_raw_fd()).map_err(KernelError::Batch)
-    }
-
     pub fn bans(&self) -> Result<Vec<(AddrKey, Ban)>> {
         crate::batch::read_all(self.bans.as_raw_fd()).map_err(KernelError::Batch)
+    }
+
+    /// A chunked walk over the tracked-source table.
+    pub fn walk_sources(&self, chunk: usize) -> TableWalk {
+        TableWalk(crate::batch::Walk::new(self.sources.as_raw_fd(), chunk))
+    }
+
+    /// A chunked walk over the aggregate table.
+    pub fn walk_aggregates(&self, chunk: usize) -> TableWalk {
+        TableWalk(crate::batch::Walk::new(self.aggregates.as_raw_fd(), chunk))
+    }
+}
+
+/// A walk over one of the bucket tables, borrowed from a [`TableReader`] (whose descriptors it
+/// reads through).
+pub struct TableWalk(crate::batch::Walk<AddrKey, Bucket>);
+
+impl TableWalk {
+    /// Appends the next chunk; false once the table has been walked to its end.
+    pub fn next_chunk(&mut self, out: &mut Vec<(AddrKey, Bucket)>) -> Result<bool> {
+        self.0.next_chunk(out).map_err(KernelError::Batch)
     }
 }
 

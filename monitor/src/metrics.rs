@@ -52,6 +52,8 @@ pub struct Metrics {
     pub swept_bans: Counter,
     pub swept_list_entries: Counter,
     pub last_sample_seconds: Gauge<f64, AtomicU64>,
+    pub last_sample_cpu_seconds: Gauge<f64, AtomicU64>,
+    pub history_folded: Counter,
     pub uptime_seconds: Gauge<f64, AtomicU64>,
     pub control_requests: Counter,
     pub control_errors: Counter,
@@ -90,6 +92,8 @@ impl Metrics {
             swept_bans: Counter::default(),
             swept_list_entries: Counter::default(),
             last_sample_seconds: Gauge::default(),
+            last_sample_cpu_seconds: Gauge::default(),
+            history_folded: Counter::default(),
             uptime_seconds: Gauge::default(),
             control_requests: Counter::default(),
             control_errors: Counter::default(),
@@ -144,7 +148,7 @@ impl Metrics {
         registry.register(
             "events_suppressed",
             "Offender events the kernel withheld to stay within its global event budget \
-             (--events-per-sec); the table sampler still records every offender",
+             (--events-per-sec); the table sampler still books what they refused",
             m.events_suppressed.clone(),
         );
         registry.register(
@@ -185,8 +189,19 @@ impl Metrics {
         );
         registry.register(
             "last_sample_duration_seconds",
-            "How long the last table sample took",
+            "How long the last table sample took, from start to end (it rests between chunks)",
             m.last_sample_seconds.clone(),
+        );
+        registry.register(
+            "last_sample_cpu_seconds",
+            "The CPU time the last table sample used",
+            m.last_sample_cpu_seconds.clone(),
+        );
+        registry.register(
+            "history_folded_sources",
+            "Sources with newly refused requests that a sample did not write to the history one \
+             by one, because more sources than a sample writes had refusals (a flood)",
+            m.history_folded.clone(),
         );
         for (name, help, metric) in [
             (

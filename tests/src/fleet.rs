@@ -6,14 +6,17 @@
 use std::{
     net::{IpAddr, SocketAddr},
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicU16, Ordering},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU16, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use crate::{
     daemon::{Daemon, Paths},
-    netns::{Netns, sh, unique},
-    traffic::Server,
+    netns::{Netns, unique},
+    traffic::{Server, TIMEOUT, request},
 };
 
 /// The protected port on every host.
@@ -154,15 +157,48 @@ pub struct World {
 }
 
 fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
-    sh(&[
-        "ip", "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
-        &b.name,
-    ]);
-    a.exec(&["ip", "link", "set", a_if, "up"]);
-    b.exec(&["ip", "link", "set", b_if, "up"]);
+    devkit::netns::veth(&a.name, a_if, &b.name, b_if).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 impl World {
+    /// `rate` requests per second from `src`, round-robin over the hosts, for `duration`;
+    /// each result with its send time after the start and the host it went to, in send order.
+    pub fn spread(
+        &self,
+        src: IpAddr,
+        rate: u32,
+        duration: Duration,
+    ) -> Vec<(Duration, usize, bool)> {
+        let dsts: Vec<_> = self.hosts.iter().map(|h| h.dst()).collect();
+        let results = Arc::new(Mutex::new(Vec::new()));
+        let out = results.clone();
+        self.client.run_in(move || {
+            let start = Instant::now();
+            let gap = Duration::from_secs(1) / rate;
+            let n = (duration.as_secs_f64() * rate as f64) as u32;
+            let mut threads = Vec::new();
+            for k in 0..n {
+                let at = gap * k;
+                if let Some(wait) = at.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+                let h = k as usize % dsts.len();
+                let dst = dsts[h];
+                let out = out.clone();
+                threads.push(std::thread::spawn(move || {
+                    let ok = request(src, dst, "/lookup", TIMEOUT);
+                    out.lock().unwrap().push((at, h, ok));
+                }));
+            }
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        let mut r = results.lock().unwrap().clone();
+        r.sort_by_key(|x| x.0);
+        r
+    }
+
     /// `hosts` API hosts on 10.`net`.H.2 (router 10.`net`.H.1), the client on 10.`net`.100.0/24
     /// (router .1), Redis on the router at 10.`net`.0.1. `client_addrs` are host numbers in the
     /// client subnet to add (the first is the client's own .2).

@@ -1,41 +1,14 @@
 //! Network namespaces and veth pairs for tests, each uniquely named and removed on drop
 //! (also when the test panics).
 
-use std::{
-    process::{Command, Output},
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::process::Command;
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// A unique short name (interface names are limited to 15 bytes).
-pub fn unique(prefix: &str) -> String {
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix}{}{n}", std::process::id() % 100_000)
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("running {args:?}: {e}"))
-}
+pub use devkit::netns::unique;
+use devkit::netns::{self as ns, add_addr};
 
 /// Runs a command and panics with its stderr when it fails.
 pub fn sh(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn enter_netns(path: &str) {
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+    ns::sh(args).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 pub struct Netns {
@@ -45,10 +18,8 @@ pub struct Netns {
 impl Netns {
     pub fn new(prefix: &str) -> Self {
         let name = unique(prefix);
-        sh(&["ip", "netns", "add", &name]);
-        let ns = Self { name };
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
+        ns::add(&name).unwrap_or_else(|e| panic!("{e:#}"));
+        Self { name }
     }
 
     /// Runs a command inside the namespace and panics if it fails.
@@ -64,9 +35,9 @@ impl Netns {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> std::thread::JoinHandle<T> {
-        let path = format!("/var/run/netns/{}", self.name);
+        let file = ns::ns_file(&self.name).unwrap_or_else(|e| panic!("{e:#}"));
         std::thread::spawn(move || {
-            enter_netns(&path);
+            ns::enter(&file).unwrap_or_else(|e| panic!("{e:#}"));
             f()
         })
     }
@@ -88,7 +59,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = run(&["ip", "netns", "del", &self.name]);
+        let _ = ns::del(&self.name);
     }
 }
 
@@ -107,29 +78,10 @@ impl Link {
         let server = Netns::new("ts");
         let client_if = unique("vc");
         let server_if = unique("vs");
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            &client_if,
-            "netns",
-            &client.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &server_if,
-            "netns",
-            &server.name,
-        ]);
-        for (ns, ifname) in [(&client, &client_if), (&server, &server_if)] {
-            ns.exec(&["ip", "link", "set", ifname, "up"]);
-        }
+        ns::veth(&client.name, &client_if, &server.name, &server_if)
+            .unwrap_or_else(|e| panic!("{e:#}"));
         for addr in server_addrs {
-            let family = if addr.contains(':') { "-6" } else { "-4" };
-            server.exec(&[
-                "ip", family, "addr", "add", addr, "dev", &server_if, "nodad",
-            ]);
+            add_addr(&server.name, &server_if, addr).unwrap_or_else(|e| panic!("{e:#}"));
         }
         Self {
             client,
@@ -141,16 +93,6 @@ impl Link {
 
     /// Adds a client address (CIDR form); IPv6 addresses skip duplicate detection.
     pub fn add_client_addr(&self, addr: &str) {
-        let family = if addr.contains(':') { "-6" } else { "-4" };
-        self.client.exec(&[
-            "ip",
-            family,
-            "addr",
-            "add",
-            addr,
-            "dev",
-            &self.client_if,
-            "nodad",
-        ]);
+        add_addr(&self.client.name, &self.client_if, addr).unwrap_or_else(|e| panic!("{e:#}"));
     }
 }

@@ -14,6 +14,30 @@ use std::{
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use crate::netns::Link;
+
+/// The port the daemon tests protect.
+pub const PORT: u16 = 8443;
+/// Long enough for a round trip on veth many times over; shorter than TCP's first SYN
+/// retransmission (1 s), so a dropped connection attempt reads as lost.
+pub const TIMEOUT: Duration = Duration::from_millis(800);
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().expect("a test address")
+}
+
+/// `server`'s protected port.
+pub fn to(server: &str) -> SocketAddr {
+    SocketAddr::new(ip(server), PORT)
+}
+
+/// One request from `src` (an address of the link's client side) to `dst`; whether it was
+/// answered.
+pub fn one(link: &Link, src: &'static str, dst: &'static str) -> bool {
+    link.client
+        .run_in(move || request(ip(src), to(dst), "/lookup", TIMEOUT))
+}
+
 /// A responder answering every HTTP request with `200 ok` and closing. Stops on drop.
 pub struct Server {
     stop: Arc<AtomicBool>,

@@ -2,33 +2,15 @@
 //! daemon adopts counters, bans, lists and history; without it a clean stop leaves nothing
 //! behind; SIGHUP and `monitor reload` apply the config file live.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    time::Duration,
-};
+use std::time::Duration;
 
 use tests::{
     daemon::{Daemon, Paths, eventually, top_row},
     netns::Link,
-    traffic::{Server, burst, request},
+    traffic::{PORT, Server, TIMEOUT, burst, ip, one, to},
 };
 
-const PORT: u16 = 8443;
-const TIMEOUT: Duration = Duration::from_millis(800);
 const REPORT: Duration = Duration::from_secs(10);
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn to(server: &str) -> SocketAddr {
-    SocketAddr::new(ip(server), PORT)
-}
-
-fn one(link: &Link, src: &'static str, dst: &'static str) -> bool {
-    link.client
-        .run_in(move || request(ip(src), to(dst), "/", TIMEOUT))
-}
 
 fn xdp_attached(link: &Link) -> bool {
     link.server

@@ -5,7 +5,6 @@
 //! bans again within a sweep interval.
 
 use std::{
-    net::{IpAddr, SocketAddr},
     os::fd::{AsFd as _, AsRawFd as _},
     time::{Duration, Instant},
 };
@@ -20,20 +19,10 @@ use serde_json::Value;
 use tests::{
     daemon::{Daemon, Paths, eventually, run_to_exit, top_row},
     netns::Link,
-    traffic::{Server, burst},
+    traffic::{PORT, Server, TIMEOUT, burst, ip, to},
 };
 
-const PORT: u16 = 8443;
-const TIMEOUT: Duration = Duration::from_millis(800);
 const REPORT: Duration = Duration::from_secs(15);
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn to(server: &str) -> SocketAddr {
-    SocketAddr::new(ip(server), PORT)
-}
 
 #[test]
 fn a_persisted_table_of_another_capacity_is_refused_with_the_fix() {

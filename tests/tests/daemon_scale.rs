@@ -18,7 +18,14 @@ const SOURCES: u32 = 1_000_000;
 fn top_answers_from_the_sample_with_a_million_sources() {
     let link = Link::new(&["10.240.0.1/24"]);
     let paths = Paths::new();
-    let d = Daemon::start(&link.server, &link.server_if, &paths, &["--port", "8443"]);
+    // Unpaced sampling: this test is about `top` answering from a sample of a million
+    // sources, and a debug build's paced sample of that table would take minutes.
+    let d = Daemon::start(
+        &link.server,
+        &link.server_if,
+        &paths,
+        &["--port", "8443", "--sample-cpu", "100"],
+    );
 
     // Fill the daemon's (pinned) source table as a flood of distinct sources would.
     let data = MapData::from_pin(paths.pin.join("MON_SOURCES")).expect("open pinned table");

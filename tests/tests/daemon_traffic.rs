@@ -5,7 +5,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::TcpStream,
     time::{Duration, Instant},
 };
 
@@ -13,28 +13,11 @@ use serde_json::Value;
 use tests::{
     daemon::{Daemon, Paths, eventually, top_row},
     netns::Link,
-    traffic::{Server, burst, request},
+    traffic::{PORT, Server, TIMEOUT, burst, ip, one, request, to},
 };
 
-const PORT: u16 = 8443;
-/// Long enough for a round trip on veth many times over; shorter than TCP's first SYN
-/// retransmission (1 s), so a dropped connection attempt reads as lost.
-const TIMEOUT: Duration = Duration::from_millis(800);
 /// The sampler runs every second; reports may lag traffic by up to two samples.
 const REPORT: Duration = Duration::from_secs(10);
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn to(server: &str) -> SocketAddr {
-    SocketAddr::new(ip(server), PORT)
-}
-
-fn one(link: &Link, src: &'static str, dst: &'static str) -> bool {
-    link.client
-        .run_in(move || request(ip(src), to(dst), "/lookup", TIMEOUT))
-}
 
 fn loud(link: &Link, src: &'static str, dst: &'static str, n: usize) -> usize {
     link.client

@@ -4,7 +4,6 @@
 
 use std::{
     net::IpAddr,
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -12,11 +11,9 @@ use serde_json::Value;
 use tests::{
     daemon::eventually,
     fleet::{BLACKHOLE, Redis, World},
-    traffic::{burst, request},
+    traffic::{TIMEOUT, burst, request},
 };
 
-/// Shorter than TCP's first SYN retransmission (1 s), so a dropped connection reads as lost.
-const TIMEOUT: Duration = Duration::from_millis(800);
 const FLEET: &[&str] = &["--fleet-rate", "30/s", "--fleet-interval", "500ms"];
 
 fn fleet(world: &World, i: usize) -> Value {
@@ -46,44 +43,6 @@ fn one(world: &World, src: IpAddr, h: usize) -> bool {
     world
         .client
         .run_in(move || request(src, dst, "/lookup", TIMEOUT))
-}
-
-/// `rate` requests per second from `src`, round-robin over the hosts, for `duration`; each
-/// result with its send time after the start and the host it went to.
-fn spread(
-    world: &World,
-    src: IpAddr,
-    rate: u32,
-    duration: Duration,
-) -> Vec<(Duration, usize, bool)> {
-    let dsts: Vec<_> = world.hosts.iter().map(|h| h.dst()).collect();
-    let results = Arc::new(Mutex::new(Vec::new()));
-    let out = results.clone();
-    world.client.run_in(move || {
-        let start = Instant::now();
-        let gap = Duration::from_secs(1) / rate;
-        let n = (duration.as_secs_f64() * rate as f64) as u32;
-        let mut threads = Vec::new();
-        for k in 0..n {
-            let at = gap * k;
-            if let Some(wait) = at.checked_sub(start.elapsed()) {
-                std::thread::sleep(wait);
-            }
-            let h = k as usize % dsts.len();
-            let dst = dsts[h];
-            let out = out.clone();
-            threads.push(std::thread::spawn(move || {
-                let ok = request(src, dst, "/lookup", TIMEOUT);
-                out.lock().unwrap().push((at, h, ok));
-            }));
-        }
-        for t in threads {
-            let _ = t.join();
-        }
-    });
-    let mut r = results.lock().unwrap().clone();
-    r.sort_by_key(|x| x.0);
-    r
 }
 
 /// Stream entries (op, src, origin, reason) read with redis-cli.
@@ -123,8 +82,8 @@ fn fleet_sees_a_scraper_no_host_sees() {
     let scraper = world.client_ip(10);
     let quiet = world.client_ip(11);
     let (results, quiet_ok) = std::thread::scope(|s| {
-        let q = s.spawn(|| spread(&world, quiet, 2, Duration::from_secs(5)));
-        let r = spread(&world, scraper, 60, Duration::from_secs(5));
+        let q = s.spawn(|| world.spread(quiet, 2, Duration::from_secs(5)));
+        let r = world.spread(scraper, 60, Duration::from_secs(5));
         (r, q.join().unwrap())
     });
 

@@ -178,6 +178,9 @@ enum SetCmd {
     Count { mode: CountMode },
     /// Path prefix for --count http ("" = any path).
     HttpPath { prefix: String },
+    /// The kernel's event budget: offender events per second across all sources (half of it
+    /// reserved for ban starts); withheld events are counted, 0 sends none.
+    EventsPerSec { per_sec: u32 },
     /// Add or remove a monitored port.
     Port {
         #[command(subcommand)]
@@ -258,6 +261,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             SetCmd::Ban { duration } => SetRequest::Ban(duration),
             SetCmd::Count { mode } => SetRequest::Count(mode.to_string()),
             SetCmd::HttpPath { prefix } => SetRequest::HttpPath(prefix),
+            SetCmd::EventsPerSec { per_sec } => SetRequest::EventsPerSec(per_sec),
             SetCmd::Port { op } => match op {
                 PortOp::Add { port } => SetRequest::PortAdd(port),
                 PortOp::Rm { port } => SetRequest::PortRm(port),

@@ -130,11 +130,13 @@ pub fn print(request: &Request, value: Value, json: bool) -> Result<()> {
                 )
             );
             println!(
-                "({} sources and {} aggregates tracked; sampled {} in {} ms)",
+                "({} sources and {} aggregates tracked; sampled {} over {} ms using {} ms of CPU; rates over the last {:.1} s)",
                 reply.tracked_sources,
                 reply.tracked_aggregates,
                 reply.sampled_at.as_deref().unwrap_or("not yet"),
-                reply.sample_took_ms
+                reply.sample_took_ms,
+                reply.sample_cpu_ms,
+                reply.interval_ms as f64 / 1000.0
             );
         }
         Request::Offenders { .. } => {
@@ -254,6 +256,11 @@ fn print_status(s: &StatusReply) {
     println!(
         "  tables:   {} sources, {} aggregates, {} bans, {} allow, {} deny",
         s.tracked_sources, s.tracked_aggregates, s.active_bans, s.allow_entries, s.deny_entries
+    );
+    let sm = &s.sampler;
+    println!(
+        "  sampler:  {} samples, the last took {} ms ({} ms of CPU); {} sources kept out of the history's per-source rows",
+        sm.samples, sm.last_took_ms, sm.last_cpu_ms, sm.history_folded_sources
     );
     println!(
         "  state:    pins {}{}, history {}, socket {}{}",

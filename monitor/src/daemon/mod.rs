@@ -213,6 +213,11 @@ pub fn policy_changes(old: &Policy, new: &Policy) -> Vec<String> {
         format!("{:?}", new.http_path),
     );
     diff("ban", format_duration(old.ban), format_duration(new.ban));
+    diff(
+        "events-per-sec",
+        old.events_per_sec.to_string(),
+        new.events_per_sec.to_string(),
+    );
     diff("proto", old.proto.to_string(), new.proto.to_string());
     diff(
         "ports",
@@ -587,6 +592,17 @@ async fn sample_loop(
     let mut last_error_logged: Option<Instant> = None;
     let mut next_start = Instant::now();
     let mut stopping = false;
+    let share = f64::from(shared.settings().sample_cpu) / 100.0;
+    let pace = sampler::Pace::new(share);
+    // A stop finishes the sample in progress at full speed (its final counters are the ones
+    // the next daemon starts from).
+    tokio::spawn({
+        let (stop, hurry) = (stop.clone(), pace.hurry.clone());
+        async move {
+            stop.cancelled().await;
+            hurry.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
     loop {
         if !stopping {
             tokio::select! {
@@ -605,9 +621,12 @@ async fn sample_loop(
                 v6_agg: p.v6_agg_prefix,
             }
         };
-        let joined = tokio::task::spawn_blocking(move || {
-            let out = sampler.sample(prefixes);
-            (sampler, out)
+        let joined = tokio::task::spawn_blocking({
+            let pace = pace.clone();
+            move || {
+                let out = sampler.sample(prefixes, &pace);
+                (sampler, out)
+            }
         })
         .await;
         let out;
@@ -618,12 +637,15 @@ async fn sample_loop(
                 return;
             }
         };
-        next_start = started + sampler::period_after(started.elapsed());
         let m = &shared.metrics;
         match out {
             Ok(out) => {
+                next_start = started + sampler::period_after(out.snapshot.busy, share);
                 m.samples.inc();
                 m.last_sample_seconds.set(out.snapshot.took.as_secs_f64());
+                m.last_sample_cpu_seconds
+                    .set(out.snapshot.busy.as_secs_f64());
+                m.history_folded.inc_by(out.folded);
                 m.tracked_sources.set(out.snapshot.tracked_sources as i64);
                 m.tracked_aggregates
                     .set(out.snapshot.tracked_aggregates as i64);
@@ -632,6 +654,7 @@ async fn sample_loop(
                 shared.record_history(out.sightings).await;
             }
             Err(e) => {
+                next_start = started + sampler::period_after(started.elapsed(), share);
                 m.sample_errors.inc();
                 if last_error_logged.is_none_or(|t| t.elapsed().as_secs() >= 60) {
                     warn!("sampling the tables failed: {e:#}");

@@ -1,12 +1,34 @@
 //! The periodic sample behind `monitor top`, the tracked-source metrics and the history's
-//! drop counts: every second, read the source and aggregate tables in batches (through their
-//! own map handles, holding no lock the control handlers need), compute each key's request
-//! rate from the change in its `requests` counter, and keep the busiest keys ready to serve.
+//! drop counts: read the source and aggregate tables in chunks (through their own map
+//! handles, holding no lock the control handlers need), compute each key's request rate from
+//! the change in its `requests` counter, and keep the busiest keys ready to serve.
+//!
+//! A sample must never stall the data plane. On an API host the daemon shares its cores with
+//! the packet processing it protects, and a whole-table read of a million sources is
+//! about a second of CPU: taken in one go, it is a second in which that core forwards
+//! nothing (measured: the drop rate fell to 4% of normal while it ran, with the daemon above
+//! the receive thread). So a sample reads [`CHUNK`] entries at a time and, after each chunk,
+//! sleeps long enough that its busy time stays within `--sample-cpu` (default
+//! [`SAMPLE_CPU_SHARE`]) of the time it runs; the next sample starts when the whole cycle stays
+//! within [`CYCLE_FRACTION`] of that. Busy
+//! time is the sampler thread's own CPU time, not wall time, so a sampler that is itself
+//! preempted does not stretch its own budget. A stopping daemon sets [`Pace::hurry`], and the
+//! sample in progress finishes without sleeping.
+//!
+//! An off-path spoofer controls how many keys the tables hold, up to their capacity, and so
+//! how long a sample takes (its CPU cost is bounded by the capacity and spread by the pacing);
+//! it cannot make a sample skip a real source. Per sample, only the [`MAX_SIGHTINGS`] keys
+//! with the most newly refused requests become history rows; under a flood from more keys
+//! than that the rest are counted ([`SampleOutput::folded`]) but not written one by one, so a
+//! spoofed flood costs the history a bounded number of rows per sample whatever its size.
 
 use std::{
     collections::HashMap,
     hash::{BuildHasherDefault, Hasher},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -16,15 +38,71 @@ use crate::{cidr::Cidr, clock, history::Sighting, kernel::TableReader, timefmt};
 
 /// The shortest time between the starts of two samples.
 pub const INTERVAL: Duration = Duration::from_secs(1);
-/// The share of one core sampling may use. A sample of a million tracked sources takes about
-/// a second here, so sampling every second would keep a core busy; instead the period
-/// stretches to `took / MAX_CPU_SHARE` (about 25 s at a million sources). Rates are computed
-/// over the real time between samples, and events are not affected.
-pub const MAX_CPU_SHARE: f64 = 0.04;
+/// Entries read per system call. Small enough that one chunk (read and processed) is about a
+/// millisecond of CPU here, large enough that no hash bucket overflows it.
+pub const CHUNK: usize = 2048;
+/// The share of one core a sample may use while it runs (busy time over the time it runs), by
+/// default (`--sample-cpu`).
+pub const SAMPLE_CPU_SHARE: f64 = crate::config::DEFAULT_SAMPLE_CPU as f64 / 100.0;
+/// Over a whole cycle sampling uses this fraction of its share while sampling: the next sample
+/// starts `busy / (share * CYCLE_FRACTION)` after this one started. At a million sources a
+/// sample is about a second of CPU here, so at the default share it runs for about 30 s and
+/// one starts every ~60 s; rates are computed over the real time between samples, and events
+/// are not affected.
+pub const CYCLE_FRACTION: f64 = 0.5;
+/// History rows one sample may write: the keys with the most newly refused requests.
+pub const MAX_SIGHTINGS: usize = 1000;
+/// Keys whose rate is kept for event lines (those with refused requests, busiest first
+/// among the retained rows, then first come).
+pub const MAX_RATES: usize = 65_536;
 
-/// Time from the start of a sample that took `took` to the start of the next.
-pub fn period_after(took: Duration) -> Duration {
-    INTERVAL.max(took.div_f64(MAX_CPU_SHARE))
+/// Time from the start of a sample that was busy for `busy`, at `share` of a core while
+/// sampling, to the start of the next.
+pub fn period_after(busy: Duration, share: f64) -> Duration {
+    let cycle_share = (share * CYCLE_FRACTION).clamp(1e-3, 1.0);
+    INTERVAL.max(busy.div_f64(cycle_share))
+}
+
+/// The CPU time this thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID always exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// How a sample spreads its work.
+#[derive(Clone, Default)]
+pub struct Pace {
+    /// Busy time over running time while sampling; 0 (or 1 and above) never sleeps.
+    pub share: f64,
+    /// Set when the daemon stops: the sample in progress finishes without sleeping.
+    pub hurry: Arc<AtomicBool>,
+}
+
+impl Pace {
+    pub fn new(share: f64) -> Self {
+        Self {
+            share,
+            hurry: Arc::default(),
+        }
+    }
+
+    /// How long to rest after a chunk that was busy for `busy`.
+    pub fn rest_after(&self, busy: Duration) -> Duration {
+        if self.share <= 0.0 || self.share >= 1.0 || self.hurry.load(Ordering::Relaxed) {
+            return Duration::ZERO;
+        }
+        // A chunk's rest is capped so that a stop request is never waited on for long.
+        busy.mul_f64(1.0 / self.share - 1.0)
+            .min(Duration::from_millis(250))
+    }
 }
 
 /// A multiply-fold hasher for table keys. The keys are addresses the kernel already chose to
@@ -63,6 +141,25 @@ impl Hasher for KeyHasher {
 }
 
 pub type KeyMap<V> = HashMap<(Level, AddrKey), V, BuildHasherDefault<KeyHasher>>;
+
+/// A key's counters as the history has booked them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counted {
+    pub requests: u64,
+    pub refused: u64,
+    /// The sample that last saw the key (0: from a saved baseline, not sampled yet).
+    seen: u32,
+}
+
+impl Counted {
+    pub fn new(requests: u64, refused: u64) -> Self {
+        Self {
+            requests,
+            refused,
+            seen: 0,
+        }
+    }
+}
 /// Rows kept per sample; `top --limit` is capped here.
 pub const MAX_ROWS: usize = crate::proto::MAX_TOP_ROWS;
 
@@ -86,7 +183,10 @@ impl Level {
 pub struct Snapshot {
     pub taken_at: Option<SystemTime>,
     pub interval: Duration,
+    /// From the sample's start to its end (paced: mostly sleeping).
     pub took: Duration,
+    /// The CPU time the sample used.
+    pub busy: Duration,
     pub tracked_sources: u64,
     pub tracked_aggregates: u64,
     pub active_bans: u64,
@@ -137,7 +237,7 @@ pub enum Baseline {
     /// Tables created by this run: everything they hold is new.
     Empty,
     /// The counters as the previous daemon last booked them (saved when it stopped).
-    Saved(KeyMap<(u64, u64)>),
+    Saved(KeyMap<Counted>),
     /// Adopted tables and no saved baseline (the previous daemon did not stop cleanly): the
     /// first sample only sets the baseline.
     Unknown,
@@ -152,16 +252,22 @@ const BASELINE_ENTRY: usize = 1 + 16 + 8 + 8;
 pub fn save_baseline(
     path: &std::path::Path,
     table_ids: (u32, u32),
-    booked: &KeyMap<(u64, u64)>,
+    booked: &KeyMap<Counted>,
 ) -> std::io::Result<usize> {
     use std::io::Write as _;
-    let entries: Vec<_> = booked.iter().filter(|(_, (_, r))| *r > 0).collect();
+    let entries: Vec<_> = booked.iter().filter(|(_, c)| c.refused > 0).collect();
     let mut buf = Vec::with_capacity(24 + entries.len() * BASELINE_ENTRY);
     buf.extend_from_slice(BASELINE_MAGIC);
     buf.extend_from_slice(&table_ids.0.to_le_bytes());
     buf.extend_from_slice(&table_ids.1.to_le_bytes());
     buf.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-    for ((level, key), (requests, refused)) in &entries {
+    for (
+        (level, key),
+        Counted {
+            requests, refused, ..
+        },
+    ) in &entries
+    {
         buf.push(matches!(level, Level::Aggregate) as u8);
         buf.extend_from_slice(&key.addr);
         buf.extend_from_slice(&requests.to_le_bytes());
@@ -177,7 +283,7 @@ pub fn save_baseline(
 
 /// Reads and removes a saved baseline. None when there is none, or when it was taken from
 /// other tables than `table_ids`, or when it is damaged.
-pub fn take_baseline(path: &std::path::Path, table_ids: (u32, u32)) -> Option<KeyMap<(u64, u64)>> {
+pub fn take_baseline(path: &std::path::Path, table_ids: (u32, u32)) -> Option<KeyMap<Counted>> {
     let bytes = std::fs::read(path).ok()?;
     let _ = std::fs::remove_file(path);
     let (head, body) = bytes.split_at_checked(24)?;
@@ -202,32 +308,78 @@ pub fn take_baseline(path: &std::path::Path, table_ids: (u32, u32)) -> Option<Ke
         };
         let requests = u64::from_le_bytes(e[17..25].try_into().unwrap());
         let refused = u64::from_le_bytes(e[25..33].try_into().unwrap());
-        out.insert((level, key), (requests, refused));
+        out.insert((level, key), Counted::new(requests, refused));
     }
     Some(out)
 }
 
 pub struct Sampler {
     reader: TableReader,
-    /// Whether the first sample's refused counts, measured against `previous`, are news for
+    /// Whether the first sample's refused counts, measured against `booked`, are news for
     /// the history (false only for adopted tables without a saved baseline).
     baseline_known: bool,
-    previous: KeyMap<(u64, u64)>,
-    /// The map before `previous`, kept to be cleared and refilled: allocating (and faulting
-    /// in) a fresh million-entry map every second costs more than the inserts.
-    spare: KeyMap<(u64, u64)>,
+    /// Every key's counters as of the last sample that saw it, updated in place (one hash
+    /// lookup per key and sample; keys a sample did not see are dropped after it).
+    booked: KeyMap<Counted>,
+    /// The number of samples taken.
+    generation: u32,
     previous_at: Option<Instant>,
 }
 
 pub struct SampleOutput {
     pub snapshot: Arc<Snapshot>,
-    /// Keys whose refused count grew, for the history.
+    /// The keys whose refused count grew the most (at most [`MAX_SIGHTINGS`]), for the history.
     pub sightings: Vec<Sighting>,
+    /// Keys whose refused count grew but that were not among them.
+    pub folded: u64,
+}
+
+/// One key of a sample, as the ranking passes see it.
+type Seen = (f64, Level, AddrKey, Bucket);
+
+/// Keeps the best `keep` of what is pushed by `order` (best first), trimming whenever twice
+/// that many have gathered: amortised linear in what is pushed, bounded in memory.
+struct Best<T, F> {
+    items: Vec<T>,
+    keep: usize,
+    order: F,
+}
+
+impl<T, F: FnMut(&T, &T) -> std::cmp::Ordering> Best<T, F> {
+    fn new(keep: usize, order: F) -> Self {
+        Self {
+            items: Vec::with_capacity(2 * keep),
+            keep,
+            order,
+        }
+    }
+
+    fn push(&mut self, item: T) {
+        self.items.push(item);
+        if self.items.len() >= 2 * self.keep {
+            self.trim();
+        }
+    }
+
+    fn trim(&mut self) {
+        if self.items.len() > self.keep {
+            self.items
+                .select_nth_unstable_by(self.keep, &mut self.order);
+            self.items.truncate(self.keep);
+        }
+    }
+
+    /// The best `keep`, best first.
+    fn into_sorted(mut self) -> Vec<T> {
+        self.trim();
+        self.items.sort_by(&mut self.order);
+        self.items
+    }
 }
 
 impl Sampler {
     pub fn new(reader: TableReader, baseline: Baseline) -> Self {
-        let (baseline_known, previous) = match baseline {
+        let (baseline_known, booked) = match baseline {
             Baseline::Empty => (true, KeyMap::default()),
             Baseline::Saved(map) => (true, map),
             Baseline::Unknown => (false, KeyMap::default()),
@@ -235,17 +387,17 @@ impl Sampler {
         Self {
             reader,
             baseline_known,
-            previous,
-            spare: KeyMap::default(),
+            booked,
+            generation: 0,
             previous_at: None,
         }
     }
 
-    /// Takes one sample (blocking: call from a blocking thread).
-    pub fn sample(&mut self, prefixes: Prefixes) -> anyhow::Result<SampleOutput> {
+    /// Takes one sample (blocking: call from a blocking thread), resting between chunks as
+    /// `pace` says.
+    pub fn sample(&mut self, prefixes: Prefixes, pace: &Pace) -> anyhow::Result<SampleOutput> {
         let started = Instant::now();
-        let sources = self.reader.sources()?;
-        let aggregates = self.reader.aggregates()?;
+        let cpu_at_start = thread_cpu_time();
         let bans = self.reader.bans()?;
         let now_k = clock::kernel_now_ns();
         let now_w = SystemTime::now();
@@ -261,65 +413,87 @@ impl Sampler {
             .filter(|(_, b)| b.until_ns > now_k)
             .map(|(k, b)| (*k, b.until_ns))
             .collect();
-        let mut current = std::mem::take(&mut self.spare);
-        current.clear();
-        current.reserve(sources.len() + aggregates.len());
+        self.generation = self.generation.wrapping_add(1).max(1);
+        let generation = self.generation;
         let mut rates = KeyMap::default();
-        let mut candidates: Vec<(f64, Level, AddrKey, Bucket)> = Vec::with_capacity(2 * MAX_ROWS);
         // Busiest first; among equals, the most requests overall.
-        let order = |a: &(f64, Level, AddrKey, Bucket), b: &(f64, Level, AddrKey, Bucket)| {
+        let mut busiest = Best::new(MAX_ROWS, |a: &Seen, b: &Seen| {
             b.0.total_cmp(&a.0).then(b.3.requests.cmp(&a.3.requests))
-        };
-        let mut sightings = Vec::new();
-        let at_ms = timefmt::unix_ms(now_w);
-        for (level, table) in [(Level::Source, &sources), (Level::Aggregate, &aggregates)] {
-            for (key, bucket) in table.iter() {
-                let id = (level, *key);
-                current.insert(id, (bucket.requests, bucket.refused));
-                let (prev_req, prev_ref) = self.previous.get(&id).copied().unwrap_or((0, 0));
-                // A key evicted and re-inserted restarts its counters; count from zero then.
-                let delta_req = bucket
-                    .requests
-                    .checked_sub(prev_req)
-                    .unwrap_or(bucket.requests);
-                let delta_ref = bucket
-                    .refused
-                    .checked_sub(prev_ref)
-                    .unwrap_or(bucket.refused);
-                let rate = if first || secs <= 0.0 {
-                    0.0
-                } else {
-                    delta_req as f64 / secs
-                };
-                if rate > 0.0 && bucket.refused > 0 {
-                    rates.insert(id, rate);
+        });
+        // Most newly refused first.
+        let mut refused = Best::new(MAX_SIGHTINGS, |a: &(u64, f64, Level, AddrKey), b| {
+            b.0.cmp(&a.0)
+        });
+        let mut with_refusals = 0u64;
+        let mut tracked = [0u64; 2];
+        let mut chunk = Vec::with_capacity(CHUNK);
+        for (i, level) in [Level::Source, Level::Aggregate].into_iter().enumerate() {
+            let mut walk = match level {
+                Level::Source => self.reader.walk_sources(CHUNK),
+                Level::Aggregate => self.reader.walk_aggregates(CHUNK),
+            };
+            loop {
+                let chunk_cpu = thread_cpu_time();
+                chunk.clear();
+                let more = walk.next_chunk(&mut chunk)?;
+                tracked[i] += chunk.len() as u64;
+                for (key, bucket) in &chunk {
+                    let id = (level, *key);
+                    let booked = self.booked.entry(id).or_default();
+                    let (prev_req, prev_ref) = (booked.requests, booked.refused);
+                    *booked = Counted {
+                        requests: bucket.requests,
+                        refused: bucket.refused,
+                        seen: generation,
+                    };
+                    // A key evicted and re-inserted restarts its counters; count from zero then.
+                    let delta_req = bucket
+                        .requests
+                        .checked_sub(prev_req)
+                        .unwrap_or(bucket.requests);
+                    let delta_ref = bucket
+                        .refused
+                        .checked_sub(prev_ref)
+                        .unwrap_or(bucket.refused);
+                    let rate = if first || secs <= 0.0 {
+                        0.0
+                    } else {
+                        delta_req as f64 / secs
+                    };
+                    if rate > 0.0 && bucket.refused > 0 && rates.len() < MAX_RATES {
+                        rates.insert(id, rate);
+                    }
+                    if (!first || self.baseline_known) && delta_ref > 0 {
+                        with_refusals += 1;
+                        refused.push((delta_ref, rate, level, *key));
+                    }
+                    busiest.push((rate, level, *key, *bucket));
                 }
-                if (!first || self.baseline_known) && delta_ref > 0 {
-                    sightings.push(Sighting {
-                        source: prefixes.cidr(level, key).to_string(),
-                        level: level.as_str(),
-                        at_ms,
-                        rate,
-                        dropped: delta_ref,
-                        banned: false,
-                        event: false,
-                    });
+                if !more {
+                    break;
                 }
-                candidates.push((rate, level, *key, *bucket));
-                // Keep the candidates bounded: trim to the best MAX_ROWS whenever twice that
-                // many have gathered (amortised linear in the table size).
-                if candidates.len() >= 2 * MAX_ROWS {
-                    candidates.select_nth_unstable_by(MAX_ROWS, order);
-                    candidates.truncate(MAX_ROWS);
+                let rest = pace.rest_after(thread_cpu_time().saturating_sub(chunk_cpu));
+                if !rest.is_zero() {
+                    std::thread::sleep(rest);
                 }
             }
         }
-        if candidates.len() > MAX_ROWS {
-            candidates.select_nth_unstable_by(MAX_ROWS, order);
-            candidates.truncate(MAX_ROWS);
-        }
-        candidates.sort_by(order);
-        let rows = candidates
+        let at_ms = timefmt::unix_ms(now_w);
+        let sightings: Vec<Sighting> = refused
+            .into_sorted()
+            .into_iter()
+            .map(|(dropped, rate, level, key)| Sighting {
+                source: prefixes.cidr(level, &key).to_string(),
+                level: level.as_str(),
+                at_ms,
+                rate,
+                dropped,
+                banned: false,
+                event: false,
+            })
+            .collect();
+        let rows = busiest
+            .into_sorted()
             .into_iter()
             .map(|(rate, level, key, bucket)| {
                 let until = match level {
@@ -339,21 +513,24 @@ impl Sampler {
                 }
             })
             .collect();
-        self.spare = std::mem::replace(&mut self.previous, current);
+        // Keys gone from the tables (evicted, expired) since the sample before.
+        self.booked.retain(|_, c| c.seen == generation);
         self.baseline_known = true;
         self.previous_at = Some(started);
         let snapshot = Snapshot {
             taken_at: Some(now_w),
             interval,
             took: started.elapsed(),
-            tracked_sources: sources.len() as u64,
-            tracked_aggregates: aggregates.len() as u64,
+            busy: thread_cpu_time().saturating_sub(cpu_at_start),
+            tracked_sources: tracked[0],
+            tracked_aggregates: tracked[1],
             active_bans: ban_of.len() as u64,
             rows,
             rates,
         };
         Ok(SampleOutput {
             snapshot: Arc::new(snapshot),
+            folded: with_refusals - sightings.len() as u64,
             sightings,
         })
     }
@@ -361,8 +538,8 @@ impl Sampler {
 
 impl Sampler {
     /// The counters the history has booked so far (what the next daemon starts from).
-    pub fn booked(&self) -> &KeyMap<(u64, u64)> {
-        &self.previous
+    pub fn booked(&self) -> &KeyMap<Counted> {
+        &self.booked
     }
 }
 
@@ -398,11 +575,41 @@ mod pacing_tests {
 
     #[test]
     fn sampling_stays_within_its_share_of_a_core() {
-        assert_eq!(period_after(Duration::from_millis(5)), INTERVAL);
-        let took = Duration::from_millis(900);
-        let period = period_after(took);
-        assert!(took.as_secs_f64() / period.as_secs_f64() <= MAX_CPU_SHARE + 1e-9);
-        assert!(period <= Duration::from_secs(23), "{period:?}");
+        let share = SAMPLE_CPU_SHARE;
+        assert_eq!(period_after(Duration::from_millis(5), share), INTERVAL);
+        let busy = Duration::from_millis(500);
+        let period = period_after(busy, share);
+        let cycle = busy.as_secs_f64() / period.as_secs_f64();
+        assert!(cycle <= share * CYCLE_FRACTION + 1e-9, "{cycle}");
+        assert!(period <= Duration::from_secs(40), "{period:?}");
+        assert_eq!(period_after(busy, 1.0), Duration::from_secs(1), "unpaced");
+    }
+
+    #[test]
+    fn a_chunk_rests_for_its_share_and_not_at_all_when_hurried() {
+        let pace = Pace::new(SAMPLE_CPU_SHARE);
+        let busy = Duration::from_millis(1);
+        let rest = pace.rest_after(busy);
+        let share = busy.as_secs_f64() / (busy + rest).as_secs_f64();
+        assert!((share - SAMPLE_CPU_SHARE).abs() < 1e-6, "share {share}");
+        assert!(
+            pace.rest_after(Duration::from_secs(1)) <= Duration::from_millis(250),
+            "a stop is never waited on for long"
+        );
+        pace.hurry.store(true, Ordering::Relaxed);
+        assert_eq!(pace.rest_after(busy), Duration::ZERO);
+        assert_eq!(Pace::default().rest_after(busy), Duration::ZERO, "unpaced");
+    }
+
+    #[test]
+    fn the_ranking_keeps_the_best_whatever_the_order_they_come_in() {
+        let mut best = Best::new(3, |a: &u64, b: &u64| b.cmp(a));
+        for x in [5, 1, 9, 3, 7, 8, 2, 6, 4, 0, 10] {
+            best.push(x);
+        }
+        assert_eq!(best.into_sorted(), vec![10, 9, 8]);
+        let few = Best::new(3, |a: &u64, b: &u64| b.cmp(a));
+        assert!(few.into_sorted().is_empty());
     }
 }
 
@@ -416,13 +623,19 @@ mod baseline_tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("offenders.db.baseline");
         let mut booked = KeyMap::default();
-        booked.insert((Level::Source, AddrKey::from_v4([192, 0, 2, 1])), (50, 7));
+        booked.insert(
+            (Level::Source, AddrKey::from_v4([192, 0, 2, 1])),
+            Counted::new(50, 7),
+        );
         booked.insert(
             (Level::Aggregate, AddrKey::from_v4([192, 0, 2, 0])),
-            (80, 9),
+            Counted::new(80, 9),
         );
         // Keys with nothing refused need no baseline: all their refusals are news.
-        booked.insert((Level::Source, AddrKey::from_v4([192, 0, 2, 2])), (5, 0));
+        booked.insert(
+            (Level::Source, AddrKey::from_v4([192, 0, 2, 2])),
+            Counted::new(5, 0),
+        );
         assert_eq!(save_baseline(&path, (11, 12), &booked).unwrap(), 2);
         assert!(take_baseline(&path, (11, 13)).is_none(), "other tables");
         assert!(!path.exists(), "a read baseline is removed");
@@ -431,7 +644,7 @@ mod baseline_tests {
         assert_eq!(got.len(), 2);
         assert_eq!(
             got[&(Level::Aggregate, AddrKey::from_v4([192, 0, 2, 0]))],
-            (80, 9)
+            Counted::new(80, 9)
         );
         assert!(take_baseline(&path, (11, 12)).is_none(), "used once");
         std::fs::remove_dir_all(&dir).unwrap();

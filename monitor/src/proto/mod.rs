@@ -39,6 +39,7 @@ pub enum SetRequest {
     HttpPath(String),
     PortAdd(u16),
     PortRm(u16),
+    EventsPerSec(u32),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -108,8 +109,12 @@ pub struct TopReply {
     /// When the sample was taken (RFC 3339), and over how long the rates were measured.
     pub sampled_at: Option<String>,
     pub interval_ms: u64,
-    /// How long reading and ranking the tables took.
+    /// How long reading and ranking the tables took, start to end (the sampler rests
+    /// between chunks, so a large table's sample is mostly rest).
     pub sample_took_ms: u64,
+    /// The CPU time that sample used.
+    #[serde(default)]
+    pub sample_cpu_ms: u64,
     pub tracked_sources: u64,
     pub tracked_aggregates: u64,
     pub rows: Vec<TopRow>,
@@ -187,6 +192,23 @@ pub struct StatusReply {
     /// Capacity (max entries) of each kernel table, by map name, as created or adopted.
     #[serde(default)]
     pub capacity: BTreeMap<String, u32>,
+    /// The table sampler's own figures.
+    #[serde(default)]
+    pub sampler: SamplerStatus,
+}
+
+/// What the sampler has done: how many samples, what the last one cost, and how many sources
+/// a flood kept out of the history's per-source rows.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SamplerStatus {
+    pub samples: u64,
+    /// From the last sample's start to its end (it rests between chunks).
+    pub last_took_ms: u64,
+    /// The CPU time the last sample used.
+    pub last_cpu_ms: u64,
+    /// Sources with newly refused requests not written to the history one by one (a sample
+    /// writes at most the 1,000 that refused most).
+    pub history_folded_sources: u64,
 }
 
 /// Reply to commands that change something.

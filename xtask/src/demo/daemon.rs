@@ -67,7 +67,7 @@ impl Daemon {
         let log = dir.join("daemon.log");
         let log_file =
             fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let ns = world::ns_file(&names.ns(Role::Api))?;
+        let ns = devkit::netns::ns_file(&names.ns(Role::Api))?;
         let ns_fd = ns.as_raw_fd();
         let mut cmd = Command::new(bin);
         cmd.args(&args)

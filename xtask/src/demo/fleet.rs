@@ -20,9 +20,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use devkit::netns;
 use serde::Serialize;
 
-use super::{check_interrupted, world};
+use super::check_interrupted;
 
 const PORT: u16 = 8080;
 const REDIS_PORT: u16 = 6379;
@@ -50,18 +51,10 @@ pub struct FleetReport {
     pub runs: Vec<FleetRunReport>,
 }
 
-fn sh(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(args[0]).args(&args[1..]).output()?;
-    if !out.status.success() {
-        bail!("{args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
-}
-
 fn ns_exec(ns: &str, args: &[&str]) -> anyhow::Result<()> {
-    let mut full = vec!["ip", "netns", "exec", ns];
+    let mut full = vec!["netns", "exec", ns];
     full.extend_from_slice(args);
-    sh(&full)
+    netns::ip(&full).map(drop)
 }
 
 /// Namespaces of this run, deleted on drop (their veths go with them).
@@ -70,7 +63,7 @@ struct Spaces(Vec<String>);
 impl Drop for Spaces {
     fn drop(&mut self) {
         for ns in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            let _ = netns::del(ns);
         }
     }
 }
@@ -98,9 +91,9 @@ fn in_ns<T: Send + 'static>(
     ns: &str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> anyhow::Result<thread::JoinHandle<T>> {
-    let file = world::ns_file(ns)?;
+    let file = devkit::netns::ns_file(ns)?;
     Ok(thread::spawn(move || {
-        world::enter(&file).expect("entering a demo namespace");
+        devkit::netns::enter(&file).expect("entering a demo namespace");
         drop(file);
         f()
     }))
@@ -168,7 +161,7 @@ fn start_daemon(
 ) -> anyhow::Result<Proc> {
     let socket = dir.join("monitor.sock");
     let log = std::fs::File::create(dir.join("daemon.log"))?;
-    let ns_file = world::ns_file(ns)?;
+    let ns_file = devkit::netns::ns_file(ns)?;
     let fd = std::os::fd::AsRawFd::as_raw_fd(&ns_file);
     let mut cmd = Command::new(bin);
     cmd.args(["run", "--iface", iface, "--port", &PORT.to_string()])
@@ -230,21 +223,15 @@ pub fn run(
     let spaces = Spaces(Vec::new());
     let mut spaces = spaces;
     for ns in &names {
-        sh(&["ip", "netns", "add", ns])?;
+        netns::add(ns)?;
         spaces.0.push(ns.clone());
-        ns_exec(ns, &["ip", "link", "set", "lo", "up"])?;
     }
     ns_exec(&router, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
     let link =
         |a: &str, a_if: &str, a_ip: &str, b: &str, b_if: &str, b_ip: &str| -> anyhow::Result<()> {
-            sh(&[
-                "ip", "link", "add", a_if, "netns", a, "type", "veth", "peer", "name", b_if,
-                "netns", b,
-            ])?;
-            ns_exec(a, &["ip", "addr", "add", a_ip, "dev", a_if])?;
-            ns_exec(b, &["ip", "addr", "add", b_ip, "dev", b_if])?;
-            ns_exec(a, &["ip", "link", "set", a_if, "up"])?;
-            ns_exec(b, &["ip", "link", "set", b_if, "up"])
+            netns::veth(a, a_if, b, b_if)?;
+            netns::add_addr(a, a_if, a_ip)?;
+            netns::add_addr(b, b_if, b_ip)
         };
     link(
         &router,

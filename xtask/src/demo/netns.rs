@@ -9,33 +9,22 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::world;
-
 /// Starts a thread in namespace `ns` running `f`.
 pub fn spawn_in<T, F>(ns: &str, name: &str, f: F) -> anyhow::Result<JoinHandle<anyhow::Result<T>>>
 where
     T: Send + 'static,
     F: FnOnce() -> anyhow::Result<T> + Send + 'static,
 {
-    let file = world::ns_file(ns)?;
+    let file = devkit::netns::ns_file(ns)?;
     let ns_name = ns.to_string();
     thread::Builder::new()
         .name(name.to_string())
         .spawn(move || {
-            world::enter(&file).with_context(|| format!("entering namespace {ns_name}"))?;
+            devkit::netns::enter(&file).with_context(|| format!("entering namespace {ns_name}"))?;
             drop(file);
             f()
         })
         .context("spawning a thread")
-}
-
-/// Runs `f` on a thread in namespace `ns` and waits for it.
-pub fn run_in<T, F>(ns: &str, name: &str, f: F) -> anyhow::Result<T>
-where
-    T: Send + 'static,
-    F: FnOnce() -> anyhow::Result<T> + Send + 'static,
-{
-    join(spawn_in(ns, name, f)?)
 }
 
 /// Starts a thread in namespace `ns` that runs the future `make()` on a current-thread runtime.

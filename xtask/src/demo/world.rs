@@ -10,14 +10,11 @@
 
 use std::{
     fs,
-    io::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
-    process::Command,
 };
 
-use anyhow::{Context as _, bail};
+use devkit::netns;
 
 /// Every namespace the demo creates starts with this, followed by the run id.
 pub const NS_PREFIX: &str = "mdemo";
@@ -121,9 +118,8 @@ impl World {
         };
         for role in Role::ALL {
             let ns = world.names.ns(role);
-            ip(&["netns", "add", &ns])?;
+            netns::add(&ns)?;
             world.created.push(ns.clone());
-            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         }
         world.configure()?;
         Ok(world)
@@ -132,19 +128,19 @@ impl World {
     fn configure(&self) -> anyhow::Result<()> {
         let net = self.names.ns(Role::Net);
         let api = self.names.ns(Role::Api);
-        sysctls(
+        netns::sysctls(
             &net,
             &[
                 ("net/ipv4/ip_forward", "1"),
                 ("net/ipv6/conf/all/forwarding", "1"),
             ],
         )?;
-        link(&net, "r-api", &api, API_IFACE)?;
-        addr(&net, "r-api", "198.18.0.1/24")?;
-        addr(&net, "r-api", "fd00:a::1/64")?;
-        addr(&api, API_IFACE, &format!("{API_V4}/24"))?;
-        addr(&api, API_IFACE, &format!("{API_V6}/64"))?;
-        ip(&[
+        netns::veth(&net, "r-api", &api, API_IFACE)?;
+        netns::add_addr(&net, "r-api", "198.18.0.1/24")?;
+        netns::add_addr(&net, "r-api", "fd00:a::1/64")?;
+        netns::add_addr(&api, API_IFACE, &format!("{API_V4}/24"))?;
+        netns::add_addr(&api, API_IFACE, &format!("{API_V6}/64"))?;
+        netns::ip(&[
             "-n",
             &api,
             "-4",
@@ -154,7 +150,7 @@ impl World {
             "via",
             "198.18.0.1",
         ])?;
-        ip(&[
+        netns::ip(&[
             "-n",
             &api,
             "-6",
@@ -168,16 +164,16 @@ impl World {
             let ns = self.names.ns(role);
             let n = i + 1;
             let r_if = format!("r-{}", role.suffix());
-            link(&net, &r_if, &ns, "eth0")?;
+            netns::veth(&net, &r_if, &ns, "eth0")?;
             let (r4, c4) = (format!("198.18.24{n}.1"), format!("198.18.24{n}.2"));
             let (r6, c6) = (format!("fd00:f:{n}::1"), format!("fd00:f:{n}::2"));
-            addr(&net, &r_if, &format!("{r4}/24"))?;
-            addr(&net, &r_if, &format!("{r6}/64"))?;
-            addr(&ns, "eth0", &format!("{c4}/24"))?;
-            addr(&ns, "eth0", &format!("{c6}/64"))?;
-            ip(&["-n", &ns, "-4", "route", "add", "default", "via", &r4])?;
-            ip(&["-n", &ns, "-6", "route", "add", "default", "via", &r6])?;
-            sysctls(
+            netns::add_addr(&net, &r_if, &format!("{r4}/24"))?;
+            netns::add_addr(&net, &r_if, &format!("{r6}/64"))?;
+            netns::add_addr(&ns, "eth0", &format!("{c4}/24"))?;
+            netns::add_addr(&ns, "eth0", &format!("{c6}/64"))?;
+            netns::ip(&["-n", &ns, "-4", "route", "add", "default", "via", &r4])?;
+            netns::ip(&["-n", &ns, "-6", "route", "add", "default", "via", &r6])?;
+            netns::sysctls(
                 &ns,
                 &[
                     ("net/ipv4/ip_nonlocal_bind", "1"),
@@ -185,10 +181,10 @@ impl World {
                 ],
             )?;
             for block in role.blocks() {
-                let fam = family(block);
-                ip(&["-n", &ns, fam, "route", "add", "local", block, "dev", "lo"])?;
+                let fam = netns::family(block);
+                netns::ip(&["-n", &ns, fam, "route", "add", "local", block, "dev", "lo"])?;
                 let via = if fam == "-6" { &c6 } else { &c4 };
-                ip(&["-n", &net, fam, "route", "add", block, "via", via])?;
+                netns::ip(&["-n", &net, fam, "route", "add", block, "via", via])?;
             }
         }
         Ok(())
@@ -202,7 +198,7 @@ impl World {
     /// Removes the namespaces now; errors are reported, not fatal (best effort).
     pub fn remove(&mut self) {
         for ns in self.created.drain(..).rev() {
-            if let Err(e) = ip(&["netns", "del", &ns]) {
+            if let Err(e) = netns::del(&ns) {
                 eprintln!("demo: could not remove namespace {ns}: {e:#}");
             }
         }
@@ -215,76 +211,6 @@ impl Drop for World {
             self.remove();
         }
     }
-}
-
-fn family(cidr: &str) -> &'static str {
-    if cidr.contains(':') { "-6" } else { "-4" }
-}
-
-fn link(ns_a: &str, if_a: &str, ns_b: &str, if_b: &str) -> anyhow::Result<()> {
-    ip(&[
-        "link", "add", if_a, "netns", ns_a, "type", "veth", "peer", "name", if_b, "netns", ns_b,
-    ])?;
-    ip(&["-n", ns_a, "link", "set", if_a, "up"])?;
-    ip(&["-n", ns_b, "link", "set", if_b, "up"])
-}
-
-fn addr(ns: &str, ifname: &str, cidr: &str) -> anyhow::Result<()> {
-    let mut args = vec!["-n", ns, family(cidr), "addr", "add", cidr, "dev", ifname];
-    if cidr.contains(':') {
-        // Duplicate address detection would hold the address back for a second or two.
-        args.push("nodad");
-    }
-    ip(&args)
-}
-
-/// Runs `ip` with the given arguments; an error carries its stderr.
-pub fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("could not run `ip` (iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// Writes sysctls of a namespace: /proc/sys/net is resolved against the writing thread's
-/// network namespace, so a short-lived thread enters the namespace and writes them.
-fn sysctls(ns: &str, values: &[(&str, &str)]) -> anyhow::Result<()> {
-    let values: Vec<(String, String)> = values
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    super::netns::run_in(ns, "sysctl", move || {
-        for (key, value) in values {
-            let path = Path::new("/proc/sys").join(&key);
-            fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .and_then(|mut f| f.write_all(value.as_bytes()))
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
-        Ok(())
-    })
-}
-
-/// Namespaces whose name starts with `prefix`.
-pub fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-        return Vec::new();
-    };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(prefix))
-        .map(str::to_string)
-        .collect()
 }
 
 /// Whether a process with this pid exists.
@@ -300,8 +226,8 @@ pub fn sweep(names: &Names) {
     if let Some(pid) = read_pid(&dir.join("daemon.pid")) {
         super::daemon::stop_pid(pid);
     }
-    for ns in namespaces_with_prefix(&format!("{NS_PREFIX}{}-", names.id)) {
-        if let Err(e) = ip(&["netns", "del", &ns]) {
+    for ns in netns::list_with_prefix(&format!("{NS_PREFIX}{}-", names.id)) {
+        if let Err(e) = netns::del(&ns) {
             eprintln!("demo: could not remove namespace {ns}: {e:#}");
         }
     }
@@ -332,7 +258,7 @@ pub fn known_runs() -> Vec<String> {
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
         .collect();
-    for ns in namespaces_with_prefix(NS_PREFIX) {
+    for ns in netns::list_with_prefix(NS_PREFIX) {
         if let Some(id) = ns
             .strip_prefix(NS_PREFIX)
             .and_then(|rest| rest.split('-').next())
@@ -348,21 +274,6 @@ pub fn known_runs() -> Vec<String> {
 pub fn run_in_use(names: &Names) -> bool {
     let alive = names.id.parse().is_ok_and(pid_alive);
     alive || names.run_dir().join("kept").exists()
-}
-
-/// The file descriptor of a namespace, for `setns`.
-pub fn ns_file(ns: &str) -> anyhow::Result<fs::File> {
-    let path = Path::new("/run/netns").join(ns);
-    fs::File::open(&path).with_context(|| format!("opening {}", path.display()))
-}
-
-/// Enters a namespace on the calling thread only.
-pub fn enter(file: &fs::File) -> anyhow::Result<()> {
-    // SAFETY: setns on a valid namespace fd; CLONE_NEWNET affects only the calling thread.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!("setns: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// An address inside a client block, from its parts (helper for the scenario's address plan).

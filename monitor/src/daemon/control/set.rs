@@ -49,6 +49,7 @@ fn parse(old: &Policy, request: SetRequest) -> Result<Policy> {
                 bail!("port {p} is already monitored");
             }
         }
+        SetRequest::EventsPerSec(n) => new.events_per_sec = n,
         SetRequest::PortRm(p) => {
             if !new.ports.remove(&p) {
                 bail!("port {p} is not monitored");
@@ -112,6 +113,25 @@ mod tests {
         );
         assert_eq!(shared.writer().written.len(), 1, "nothing written on error");
         assert_eq!(shared.metrics.control_errors.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_event_budget_changes_live_within_its_bound() {
+        let shared = fake::shared(|_| {});
+        let m = message(set(&shared, SetRequest::EventsPerSec(200)).await);
+        assert_eq!(m, "set events-per-sec: 1000 -> 200");
+        assert_eq!(shared.writer().policy().events_per_sec, 200);
+        let too_many = monitor_common::config::MAX_EVENTS_PER_SEC + 1;
+        let r = set(&shared, SetRequest::EventsPerSec(too_many)).await;
+        assert!(
+            matches!(&r, crate::proto::Response::Error(e) if e.contains("at most")),
+            "{r:?}"
+        );
+        assert_eq!(
+            shared.writer().policy().events_per_sec,
+            200,
+            "kept on error"
+        );
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@ use super::{Maps, counters, json};
 use crate::{
     daemon::Shared,
     kernel::List,
-    proto::{Limits, PortRow, StatusReply},
+    proto::{Limits, PortRow, SamplerStatus, StatusReply},
     timefmt,
     units::format_duration,
 };
@@ -69,6 +69,12 @@ pub fn run<M: Maps>(shared: &Shared<M>) -> Result<Value> {
         tracked_aggregates: snapshot.tracked_aggregates,
         counters: counters(shared)?,
         capacity,
+        sampler: SamplerStatus {
+            samples: shared.metrics.samples.get(),
+            last_took_ms: snapshot.took.as_millis() as u64,
+            last_cpu_ms: snapshot.busy.as_millis() as u64,
+            history_folded_sources: shared.metrics.history_folded.get(),
+        },
     };
     Ok(json(reply))
 }

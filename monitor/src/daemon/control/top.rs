@@ -45,6 +45,7 @@ pub fn run<M: Maps>(shared: &Shared<M>, limit: usize, level: Option<&str>) -> Re
         sampled_at: snapshot.taken_at.map(timefmt::rfc3339),
         interval_ms: snapshot.interval.as_millis() as u64,
         sample_took_ms: snapshot.took.as_millis() as u64,
+        sample_cpu_ms: snapshot.busy.as_millis() as u64,
         tracked_sources: snapshot.tracked_sources,
         tracked_aggregates: snapshot.tracked_aggregates,
         rows,
