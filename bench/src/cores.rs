@@ -180,7 +180,7 @@ pub fn run(
                     dropped: pick(|s| s.dropped),
                     cpu: pick(|s| s.cpu),
                     daemon_cpu: None,
-                    daemon_lines_per_sec: None,
+                    daemon_event_lines_max: None,
                 },
             );
     }
