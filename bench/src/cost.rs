@@ -26,8 +26,8 @@ use crate::{
     fill,
     frames::{self, L4},
     progs::Bench,
-    sys::sh,
     stats::{Summary, summarize},
+    sys::sh,
 };
 
 pub const PORT: u16 = 8443;
