@@ -278,7 +278,7 @@ pub fn bench_lrug(ctx: XdpContext) -> u32 {
     };
     let (key, limit) = lru_key(cfg, src);
     let mut now = Now::read();
-    let charge = match LRU_TABLE.get_ptr_mut(&key) {
+    let charge = match LRU_TABLE.get_ptr_mut(key) {
         Some(bucket) => charge_source(bucket, &limit, &mut now),
         None => insert_new(&LRU_TABLE, &key, &limit, now.fine()).0,
     };
