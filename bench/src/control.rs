@@ -33,7 +33,9 @@ pub struct ControlResult {
     pub flood_secs: f64,
     pub daemon_cpu_fraction: f64,
     pub daemon_lines_per_sec: f64,
-    /// The most offender event lines in any one second of the paced flood.
+    /// Offender event lines per second over the paced flood (`--event-lines` bounds it).
+    pub daemon_event_lines_per_sec: f64,
+    /// The most offender event lines stamped with any one second of it.
     pub daemon_event_lines_max_per_sec: u64,
     pub events_per_sec: f64,
     pub top_ms_under_flood: Summary,
@@ -112,7 +114,7 @@ fn across_a_sample(
     frame: &[u8],
     min_tracked: u64,
 ) -> anyhow::Result<SampleWindow> {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(240);
     // A daemon busy with a backlog may not answer a poll in time: those are skipped.
     let mut first: Option<Poll> = None;
     let last = loop {
@@ -120,7 +122,7 @@ fn across_a_sample(
         let Ok(p) = poll(t, d) else {
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "the daemon's metrics did not answer within 120 s"
+                "the daemon's metrics did not answer within 240 s"
             );
             continue;
         };
@@ -133,7 +135,7 @@ fn across_a_sample(
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the daemon took no sample of {min_tracked}+ sources within 120 s"
+            "the daemon took no sample of {min_tracked}+ sources within 240 s"
         );
     };
     // The daemon paces its samples to a share of a core, so the next one is due about
@@ -151,7 +153,7 @@ fn across_a_sample(
         last.busy.as_millis(),
         period.saturating_sub(last.took).as_secs_f64()
     );
-    let max_secs = (period.as_secs_f64() + 2.0 * last.took.as_secs_f64() + 10.0).min(120.0);
+    let max_secs = (period.as_secs_f64() + 2.0 * last.took.as_secs_f64() + 10.0).min(200.0);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let h = {
         let stop = stop.clone();
@@ -366,6 +368,7 @@ pub fn run(
         flood_secs: wall,
         daemon_cpu_fraction: used.cpu_fraction,
         daemon_lines_per_sec: used.lines_per_sec,
+        daemon_event_lines_per_sec: used.event_lines_per_sec,
         daemon_event_lines_max_per_sec: used.event_lines_max_per_sec,
         events_per_sec: match (ev0, ev1) {
             (Some(a), Some(b)) => (b - a) as f64 / wall,

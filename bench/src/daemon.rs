@@ -256,24 +256,29 @@ pub fn count_lines(path: &Path, from: u64) -> (u64, u64) {
     (n, len)
 }
 
-/// The most offender event lines written with the same second in their timestamp, from byte
-/// `from` of the log on (text log format: the line starts with an RFC 3339 timestamp).
-pub fn event_lines_max_per_sec(path: &Path, from: u64) -> u64 {
+/// Offender event lines (summaries excluded) from byte `from` of the log on: how many, and the
+/// most stamped with any one second (text log format: a line starts with its RFC 3339 time).
+/// `--event-lines` is a token bucket (N a second on average, a burst of one second's worth),
+/// and a line carries its event's time, not the time it was written, so one stamped second can
+/// hold more than N while the average stays at N.
+pub fn event_lines(path: &Path, from: u64) -> (u64, u64) {
     let Ok(mut f) = std::fs::File::open(path) else {
-        return 0;
+        return (0, 0);
     };
     let mut text = String::new();
     if f.seek(std::io::SeekFrom::Start(from)).is_err() || f.read_to_string(&mut text).is_err() {
-        return 0;
+        return (0, 0);
     }
     let mut per_second: std::collections::HashMap<&str, u64> = Default::default();
+    let mut total = 0;
     for line in text.lines() {
         let is_event = line.contains(" offender ") && !line.contains(" offender summary:");
         if let (true, Some(second)) = (is_event, line.get(..19)) {
             *per_second.entry(second).or_default() += 1;
+            total += 1;
         }
     }
-    per_second.into_values().max().unwrap_or(0)
+    (total, per_second.into_values().max().unwrap_or(0))
 }
 
 pub fn cli(bin: &Path, socket: &Path, args: &[&str]) -> anyhow::Result<(f64, String)> {
@@ -308,11 +313,15 @@ pub fn find_u64(v: &serde_json::Value, key: &str) -> Option<u64> {
 /// What the daemon did over one measured window.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct Window {
+    /// How long the window lasted.
+    pub secs: f64,
     pub cpu_fraction: f64,
     /// Every line the daemon wrote (event lines, summaries, diagnostics) per second.
     pub lines_per_sec: f64,
-    /// The most offender event lines (summaries excluded) stamped with any one second: what
+    /// Offender event lines (summaries excluded) per second over the window: what
     /// `--event-lines` bounds.
+    pub event_lines_per_sec: f64,
+    /// The most offender event lines stamped with any one second (see [`event_lines`]).
     pub event_lines_max_per_sec: u64,
 }
 
@@ -336,10 +345,13 @@ impl WindowStart {
         let secs = self.at.elapsed().as_secs_f64();
         let cpu = d.cpu_secs()? - self.cpu;
         let (lines, _) = count_lines(&d.log, self.log_len);
+        let (events, busiest) = event_lines(&d.log, self.log_len);
         Ok(Window {
+            secs,
             cpu_fraction: cpu / secs,
             lines_per_sec: lines as f64 / secs,
-            event_lines_max_per_sec: event_lines_max_per_sec(&d.log, self.log_len),
+            event_lines_per_sec: events as f64 / secs,
+            event_lines_max_per_sec: busiest,
         })
     }
 }

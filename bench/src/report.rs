@@ -72,6 +72,9 @@ impl Machine {
     }
 }
 
+/// The daemon's default `--event-lines` rate (the bench runs it with default flags).
+const DEFAULT_EVENT_LINES_PER_SEC: f64 = 20.0;
+
 pub fn load() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -223,6 +226,24 @@ pub fn summary(all: &All) -> serde_json::Value {
         sample_cycle_cpu
             .or(deployed_cpu_1m)
             .or(all.control.as_ref().map(|c| c.daemon_cpu_fraction)),
+    );
+    // Over the full-rate flood across a whole sample cycle (about a minute), against what
+    // `--event-lines` (a token bucket: 20 a second and a burst of 20) allows in that time.
+    let sample_window = all
+        .control
+        .as_ref()
+        .and_then(|c| c.sample.as_ref())
+        .map(|s| s.daemon);
+    put(
+        "daemon_event_lines_per_sec",
+        sample_window.map(|w| w.event_lines_per_sec),
+    );
+    put(
+        "daemon_event_lines_of_allowed",
+        sample_window.map(|w| {
+            let allowed = DEFAULT_EVENT_LINES_PER_SEC * (w.secs + 1.0);
+            w.event_lines_per_sec * w.secs / allowed
+        }),
     );
     put(
         "daemon_event_lines_max_per_sec",
@@ -477,10 +498,10 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
     );
     row(
         &mut o,
-        "Daemon event lines ≤ `--event-lines` (default 20) in every second, 1M over-limit sources",
-        g("daemon_event_lines_max_per_sec"),
-        &|x| format!("{x:.0}"),
-        &|x| x <= 20.0,
+        "Daemon event lines within `--event-lines` (20/s and a one-second burst) over a whole sample cycle at full rate, 1M over-limit sources",
+        g("daemon_event_lines_of_allowed"),
+        &|x| format!("{:.0}% of the lines allowed", x * 100.0),
+        &|x| x <= 1.0,
     );
     row(
         &mut o,
@@ -981,9 +1002,10 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
         );
         let _ = writeln!(
             o,
-            "- Daemon during the paced flood: **{:.1}% of one core** (utime+stime from /proc/<pid>/stat over the flood), {:.0} lines/s written (event lines and summaries), at most {} event lines in any one second (`--event-lines` 20/s).",
+            "- Daemon during the paced flood: **{:.1}% of one core** (utime+stime from /proc/<pid>/stat over the flood), {:.0} lines/s written (event lines and summaries), {:.1} event lines/s (`--event-lines` 20/s: a token bucket with a burst of one second's worth), at most {} stamped with any one second.",
             c.daemon_cpu_fraction * 100.0,
             c.daemon_lines_per_sec,
+            c.daemon_event_lines_per_sec,
             c.daemon_event_lines_max_per_sec
         );
         let _ = writeln!(
@@ -999,7 +1021,7 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
                 let _ = writeln!(
                     o,
                     "- Drop rate during a full-table sample ({} sources; the sample ran {} ms and used {} ms \
-                     of CPU, resting between chunks to stay within `--sample-cpu` 3%): the flood \
+                     of CPU, resting between chunks to stay within the default `--sample-cpu`): the flood \
                      ran at the generator's full rate ({:.2} Mpps offered) from before the daemon's next \
                      sample until after it; the kernel's drop counter polled every 100 ms. Dropped **{:.3} \
                      Mpps during the sample** ({:.1} s of polls wholly inside it) against {:.3} Mpps \

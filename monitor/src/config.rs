@@ -43,7 +43,7 @@ pub const DEFAULT_AGG_BURST: u64 = 200;
 /// most this many lines plus one summary a second.
 pub const DEFAULT_EVENT_LINES: &str = "20/s";
 /// Percent of a core the table sampler may use while it samples (`--sample-cpu`).
-pub const DEFAULT_SAMPLE_CPU: u8 = 3;
+pub const DEFAULT_SAMPLE_CPU: u8 = 2;
 /// Largest source table we let an operator ask for (each entry is about 100 bytes of kernel
 /// memory; 16M is 1.6 GiB).
 pub const MAX_MAX_SOURCES: u32 = 1 << 24;
@@ -290,7 +290,7 @@ pub struct Layer {
     /// Percent of one core the table sampler may use while it samples (1 to 100); it rests
     /// between chunks to stay within it, and samples at half that share over a whole cycle.
     /// Higher: fresher `top` on very large tables, more CPU taken from packet processing
-    /// [default: 3].
+    /// [default: 2].
     #[arg(long, value_name = "PERCENT")]
     pub sample_cpu: Option<u8>,
     /// Keep the programs attached and the state pinned when the daemon stops or crashes.

@@ -24,7 +24,7 @@
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasherDefault, Hasher},
+    hash::{BuildHasher as _, BuildHasherDefault, Hasher},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -38,16 +38,16 @@ use crate::{cidr::Cidr, clock, history::Sighting, kernel::TableReader, timefmt};
 
 /// The shortest time between the starts of two samples.
 pub const INTERVAL: Duration = Duration::from_secs(1);
-/// Entries read per system call. Small enough that one chunk (read and processed) is about a
+/// Entries read per system call. Small enough that one chunk (read and processed) is under a
 /// millisecond of CPU here, large enough that no hash bucket overflows it.
-pub const CHUNK: usize = 2048;
+pub const CHUNK: usize = 1024;
 /// The share of one core a sample may use while it runs (busy time over the time it runs), by
 /// default (`--sample-cpu`).
 pub const SAMPLE_CPU_SHARE: f64 = crate::config::DEFAULT_SAMPLE_CPU as f64 / 100.0;
 /// Over a whole cycle sampling uses this fraction of its share while sampling: the next sample
 /// starts `busy / (share * CYCLE_FRACTION)` after this one started. At a million sources a
-/// sample is about a second of CPU here, so at the default share it runs for about 30 s and
-/// one starts every ~60 s; rates are computed over the real time between samples, and events
+/// sample is about a second of CPU here, so at the default share it runs for about 40 s and
+/// one starts every ~85 s; rates are computed over the real time between samples, and events
 /// are not affected.
 pub const CYCLE_FRACTION: f64 = 0.5;
 /// History rows one sample may write: the keys with the most newly refused requests.
@@ -142,22 +142,65 @@ impl Hasher for KeyHasher {
 
 pub type KeyMap<V> = HashMap<(Level, AddrKey), V, BuildHasherDefault<KeyHasher>>;
 
-/// A key's counters as the history has booked them.
+/// A key's identity in the sampler's books: a 64-bit digest of (level, key). The books hold
+/// every tracked key (a million under a flood) and are read at random once per key and sample,
+/// while the data plane wants the last-level cache for the source table: 24 bytes per key here
+/// against 48 with the whole key. Two keys share a digest with probability about 3e-8 at a
+/// million keys; they would then share one key's reported deltas, nothing else.
+pub fn digest(level: Level, key: &AddrKey) -> u64 {
+    BuildHasherDefault::<KeyHasher>::default().hash_one((level, key))
+}
+
+/// Hashes a [`digest`] by passing it through (it is already mixed).
+#[derive(Default)]
+pub struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Every tracked key's counters as the history has booked them, by [`digest`].
+pub type Books = HashMap<u64, Counted, BuildHasherDefault<DigestHasher>>;
+
+/// A key's counters as the history has booked them, and the sample that last saw it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counted {
     pub requests: u64,
-    pub refused: u64,
-    /// The sample that last saw the key (0: from a saved baseline, not sampled yet).
-    seen: u32,
+    /// Refused requests in the high 56 bits, the low 8 bits of the sample that last saw the key
+    /// (0: from a saved baseline, not sampled yet): one word, so an entry is 24 bytes.
+    refused_seen: u64,
 }
 
 impl Counted {
     pub fn new(requests: u64, refused: u64) -> Self {
+        Self::seen_by(requests, refused, 0)
+    }
+
+    fn seen_by(requests: u64, refused: u64, generation: u8) -> Self {
         Self {
             requests,
-            refused,
-            seen: 0,
+            refused_seen: (refused.min(u64::MAX >> 8) << 8) | u64::from(generation),
         }
+    }
+
+    pub fn refused(&self) -> u64 {
+        self.refused_seen >> 8
+    }
+
+    fn seen(&self) -> u8 {
+        self.refused_seen as u8
     }
 }
 /// Rows kept per sample; `top --limit` is capped here.
@@ -237,41 +280,37 @@ pub enum Baseline {
     /// Tables created by this run: everything they hold is new.
     Empty,
     /// The counters as the previous daemon last booked them (saved when it stopped).
-    Saved(KeyMap<Counted>),
+    Saved(Books),
     /// Adopted tables and no saved baseline (the previous daemon did not stop cleanly): the
     /// first sample only sets the baseline.
     Unknown,
 }
 
 /// The file a stopping daemon leaves for the next: the tables' map ids (a baseline applies
-/// only to the very tables it was taken from) and every key with refused requests.
-const BASELINE_MAGIC: &[u8; 8] = b"MONBASE1";
-const BASELINE_ENTRY: usize = 1 + 16 + 8 + 8;
+/// only to the very tables it was taken from) and every key with refused requests, by digest.
+const BASELINE_MAGIC: &[u8; 8] = b"MONBASE2";
+const BASELINE_ENTRY: usize = 8 + 8 + 8;
+/// The previous version's file (whole keys), still read once after an upgrade.
+const BASELINE_V1_MAGIC: &[u8; 8] = b"MONBASE1";
+const BASELINE_V1_ENTRY: usize = 1 + 16 + 8 + 8;
 
 /// Writes the refused counters the history has booked (atomically: a temporary file renamed).
 pub fn save_baseline(
     path: &std::path::Path,
     table_ids: (u32, u32),
-    booked: &KeyMap<Counted>,
+    booked: &Books,
 ) -> std::io::Result<usize> {
     use std::io::Write as _;
-    let entries: Vec<_> = booked.iter().filter(|(_, c)| c.refused > 0).collect();
+    let entries: Vec<_> = booked.iter().filter(|(_, c)| c.refused() > 0).collect();
     let mut buf = Vec::with_capacity(24 + entries.len() * BASELINE_ENTRY);
     buf.extend_from_slice(BASELINE_MAGIC);
     buf.extend_from_slice(&table_ids.0.to_le_bytes());
     buf.extend_from_slice(&table_ids.1.to_le_bytes());
     buf.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-    for (
-        (level, key),
-        Counted {
-            requests, refused, ..
-        },
-    ) in &entries
-    {
-        buf.push(matches!(level, Level::Aggregate) as u8);
-        buf.extend_from_slice(&key.addr);
-        buf.extend_from_slice(&requests.to_le_bytes());
-        buf.extend_from_slice(&refused.to_le_bytes());
+    for (digest, counted) in &entries {
+        buf.extend_from_slice(&digest.to_le_bytes());
+        buf.extend_from_slice(&counted.requests.to_le_bytes());
+        buf.extend_from_slice(&counted.refused().to_le_bytes());
     }
     let tmp = path.with_extension("baseline.tmp");
     let mut f = std::fs::File::create(&tmp)?;
@@ -283,32 +322,44 @@ pub fn save_baseline(
 
 /// Reads and removes a saved baseline. None when there is none, or when it was taken from
 /// other tables than `table_ids`, or when it is damaged.
-pub fn take_baseline(path: &std::path::Path, table_ids: (u32, u32)) -> Option<KeyMap<Counted>> {
+pub fn take_baseline(path: &std::path::Path, table_ids: (u32, u32)) -> Option<Books> {
     let bytes = std::fs::read(path).ok()?;
     let _ = std::fs::remove_file(path);
     let (head, body) = bytes.split_at_checked(24)?;
     let u32_at = |i: usize| u32::from_le_bytes(head[i..i + 4].try_into().unwrap());
-    if &head[..8] != BASELINE_MAGIC || (u32_at(8), u32_at(12)) != table_ids {
+    let u64_at = |e: &[u8], i: usize| u64::from_le_bytes(e[i..i + 8].try_into().unwrap());
+    let entry = match &head[..8] {
+        m if m == BASELINE_MAGIC => BASELINE_ENTRY,
+        m if m == BASELINE_V1_MAGIC => BASELINE_V1_ENTRY,
+        _ => return None,
+    };
+    if (u32_at(8), u32_at(12)) != table_ids {
         return None;
     }
-    let count = u64::from_le_bytes(head[16..24].try_into().unwrap()) as usize;
-    if body.len() != count.checked_mul(BASELINE_ENTRY)? {
+    let count = u64_at(head, 16) as usize;
+    if body.len() != count.checked_mul(entry)? {
         return None;
     }
-    let mut out = KeyMap::default();
+    let mut out = Books::default();
     out.reserve(count);
-    for e in body.chunks_exact(BASELINE_ENTRY) {
-        let level = if e[0] == 1 {
-            Level::Aggregate
+    for e in body.chunks_exact(entry) {
+        let (id, counted) = if entry == BASELINE_ENTRY {
+            (u64_at(e, 0), Counted::new(u64_at(e, 8), u64_at(e, 16)))
         } else {
-            Level::Source
+            let level = if e[0] == 1 {
+                Level::Aggregate
+            } else {
+                Level::Source
+            };
+            let key = AddrKey {
+                addr: e[1..17].try_into().unwrap(),
+            };
+            (
+                digest(level, &key),
+                Counted::new(u64_at(e, 17), u64_at(e, 25)),
+            )
         };
-        let key = AddrKey {
-            addr: e[1..17].try_into().unwrap(),
-        };
-        let requests = u64::from_le_bytes(e[17..25].try_into().unwrap());
-        let refused = u64::from_le_bytes(e[25..33].try_into().unwrap());
-        out.insert((level, key), Counted::new(requests, refused));
+        out.insert(id, counted);
     }
     Some(out)
 }
@@ -320,9 +371,9 @@ pub struct Sampler {
     baseline_known: bool,
     /// Every key's counters as of the last sample that saw it, updated in place (one hash
     /// lookup per key and sample; keys a sample did not see are dropped after it).
-    booked: KeyMap<Counted>,
-    /// The number of samples taken.
-    generation: u32,
+    booked: Books,
+    /// The number of samples taken, modulo 255, from 1 (0 marks a saved baseline's keys).
+    generation: u8,
     previous_at: Option<Instant>,
 }
 
@@ -380,9 +431,9 @@ impl<T, F: FnMut(&T, &T) -> std::cmp::Ordering> Best<T, F> {
 impl Sampler {
     pub fn new(reader: TableReader, baseline: Baseline) -> Self {
         let (baseline_known, booked) = match baseline {
-            Baseline::Empty => (true, KeyMap::default()),
+            Baseline::Empty => (true, Books::default()),
             Baseline::Saved(map) => (true, map),
-            Baseline::Unknown => (false, KeyMap::default()),
+            Baseline::Unknown => (false, Books::default()),
         };
         Self {
             reader,
@@ -413,7 +464,7 @@ impl Sampler {
             .filter(|(_, b)| b.until_ns > now_k)
             .map(|(k, b)| (*k, b.until_ns))
             .collect();
-        self.generation = self.generation.wrapping_add(1).max(1);
+        self.generation = self.generation % 255 + 1;
         let generation = self.generation;
         let mut rates = KeyMap::default();
         // Busiest first; among equals, the most requests overall.
@@ -439,13 +490,9 @@ impl Sampler {
                 tracked[i] += chunk.len() as u64;
                 for (key, bucket) in &chunk {
                     let id = (level, *key);
-                    let booked = self.booked.entry(id).or_default();
-                    let (prev_req, prev_ref) = (booked.requests, booked.refused);
-                    *booked = Counted {
-                        requests: bucket.requests,
-                        refused: bucket.refused,
-                        seen: generation,
-                    };
+                    let booked = self.booked.entry(digest(level, key)).or_default();
+                    let (prev_req, prev_ref) = (booked.requests, booked.refused());
+                    *booked = Counted::seen_by(bucket.requests, bucket.refused, generation);
                     // A key evicted and re-inserted restarts its counters; count from zero then.
                     let delta_req = bucket
                         .requests
@@ -514,7 +561,7 @@ impl Sampler {
             })
             .collect();
         // Keys gone from the tables (evicted, expired) since the sample before.
-        self.booked.retain(|_, c| c.seen == generation);
+        self.booked.retain(|_, c| c.seen() == generation);
         self.baseline_known = true;
         self.previous_at = Some(started);
         let snapshot = Snapshot {
@@ -538,7 +585,7 @@ impl Sampler {
 
 impl Sampler {
     /// The counters the history has booked so far (what the next daemon starts from).
-    pub fn booked(&self) -> &KeyMap<Counted> {
+    pub fn booked(&self) -> &Books {
         &self.booked
     }
 }
@@ -581,7 +628,7 @@ mod pacing_tests {
         let period = period_after(busy, share);
         let cycle = busy.as_secs_f64() / period.as_secs_f64();
         assert!(cycle <= share * CYCLE_FRACTION + 1e-9, "{cycle}");
-        assert!(period <= Duration::from_secs(40), "{period:?}");
+        assert!(period <= Duration::from_secs(60), "{period:?}");
         assert_eq!(period_after(busy, 1.0), Duration::from_secs(1), "unpaced");
     }
 
@@ -622,18 +669,14 @@ mod baseline_tests {
         let dir = std::env::temp_dir().join(format!("monitor-baseline-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("offenders.db.baseline");
-        let mut booked = KeyMap::default();
-        booked.insert(
-            (Level::Source, AddrKey::from_v4([192, 0, 2, 1])),
-            Counted::new(50, 7),
-        );
-        booked.insert(
-            (Level::Aggregate, AddrKey::from_v4([192, 0, 2, 0])),
-            Counted::new(80, 9),
-        );
+        let source = digest(Level::Source, &AddrKey::from_v4([192, 0, 2, 1]));
+        let aggregate = digest(Level::Aggregate, &AddrKey::from_v4([192, 0, 2, 0]));
+        let mut booked = Books::default();
+        booked.insert(source, Counted::new(50, 7));
+        booked.insert(aggregate, Counted::new(80, 9));
         // Keys with nothing refused need no baseline: all their refusals are news.
         booked.insert(
-            (Level::Source, AddrKey::from_v4([192, 0, 2, 2])),
+            digest(Level::Source, &AddrKey::from_v4([192, 0, 2, 2])),
             Counted::new(5, 0),
         );
         assert_eq!(save_baseline(&path, (11, 12), &booked).unwrap(), 2);
@@ -642,11 +685,28 @@ mod baseline_tests {
         save_baseline(&path, (11, 12), &booked).unwrap();
         let got = take_baseline(&path, (11, 12)).unwrap();
         assert_eq!(got.len(), 2);
-        assert_eq!(
-            got[&(Level::Aggregate, AddrKey::from_v4([192, 0, 2, 0]))],
-            Counted::new(80, 9)
-        );
+        assert_eq!(got[&aggregate], Counted::new(80, 9));
         assert!(take_baseline(&path, (11, 12)).is_none(), "used once");
+
+        // The previous version's file (whole keys) is still read, once, after an upgrade.
+        let mut v1 = b"MONBASE1".to_vec();
+        v1.extend_from_slice(&11u32.to_le_bytes());
+        v1.extend_from_slice(&12u32.to_le_bytes());
+        v1.extend_from_slice(&1u64.to_le_bytes());
+        v1.push(0);
+        v1.extend_from_slice(&AddrKey::from_v4([192, 0, 2, 1]).addr);
+        v1.extend_from_slice(&50u64.to_le_bytes());
+        v1.extend_from_slice(&7u64.to_le_bytes());
+        std::fs::write(&path, v1).unwrap();
+        let got = take_baseline(&path, (11, 12)).unwrap();
+        assert_eq!(got[&source], Counted::new(50, 7));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn booked_counters_keep_their_refused_count_and_generation_apart() {
+        let c = Counted::seen_by(10, 1 << 40, 255);
+        assert_eq!((c.requests, c.refused(), c.seen()), (10, 1 << 40, 255));
+        assert_eq!(Counted::new(1, 2).seen(), 0, "a baseline's keys are unseen");
     }
 }
