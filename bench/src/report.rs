@@ -417,7 +417,7 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
     let _ = writeln!(
         o,
         "Written by `cargo xtask bench{}` on {} ({:.0} s). Reproduce with `cargo xtask bench` \
-         (about 10 minutes) or `cargo xtask bench --quick` (about 4 minutes: one repetition, 1 and \
+         (about 20 minutes) or `cargo xtask bench --quick` (about 4 minutes: one repetition, 1 and \
          1,000,000 sources). Raw figures: `target/bench/results.json`; headline: \
          `target/bench/summary.json`.\n",
         if all.quick { " --quick" } else { "" },

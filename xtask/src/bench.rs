@@ -48,7 +48,7 @@ pub fn run(quick: bool, extra: &[String]) -> anyhow::Result<()> {
     let what = if quick {
         "running the quick benchmark (about 4 minutes)"
     } else {
-        "running the benchmark (about 10 minutes)"
+        "running the benchmark (about 20 minutes)"
     };
     util::step(what, || util::run(&mut cmd))
 }
