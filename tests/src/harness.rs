@@ -250,6 +250,26 @@ impl Loaded {
         self.kernel.aggregate(&key).expect("read MON_AGGS")
     }
 
+    /// Runs `frame` with no connection behind it and asserts what a segment that belongs to no
+    /// connection gets in `payload` and `http` modes: it passes, counted `unconnected` (and
+    /// `not_counted`), and nothing else moves.
+    #[track_caller]
+    pub fn expect_unconnected(&mut self, hook: Hook, frame: &[u8], context: &str) {
+        let before = self.stats();
+        assert_eq!(self.run_spoofed(hook, frame), Verdict::Pass, "{context}");
+        self.expect_stats(
+            context,
+            &before,
+            &[
+                (Stat::Seen, 1),
+                (Stat::Monitored, 1),
+                (Stat::NotCounted, 1),
+                (Stat::Unconnected, 1),
+                (Stat::Passed, 1),
+            ],
+        );
+    }
+
     /// Asserts that, since `before`, each listed statistic moved by exactly its count and every
     /// other statistic did not move at all.
     #[track_caller]
