@@ -236,49 +236,45 @@ impl Daemon {
     }
 }
 
-/// Counts newlines in `path` from byte `from`; returns them and the file's length.
-pub fn count_lines(path: &Path, from: u64) -> (u64, u64) {
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return (0, from);
-    };
-    if f.seek(std::io::SeekFrom::Start(from)).is_err() {
-        return (0, from);
-    }
-    let mut buf = vec![0u8; 1 << 16];
-    let (mut n, mut len) = (0u64, from);
-    while let Ok(k) = f.read(&mut buf) {
-        if k == 0 {
-            break;
-        }
-        n += buf[..k].iter().filter(|&&b| b == b'\n').count() as u64;
-        len += k as u64;
-    }
-    (n, len)
+/// What the daemon's log holds from byte `from` on.
+struct LogLines {
+    /// Every line: event lines, summaries and diagnostics.
+    all: u64,
+    /// Offender event lines (summaries excluded).
+    events: u64,
+    /// The most event lines stamped with any one second. `--event-lines` is a token bucket (N
+    /// a second on average, a burst of one second's worth), and a line carries its event's
+    /// time, not the time it was written, so one stamped second can hold more than N while the
+    /// average stays at N.
+    busiest_second: u64,
 }
 
-/// Offender event lines (summaries excluded) from byte `from` of the log on: how many, and the
-/// most stamped with any one second (text log format: a line starts with its RFC 3339 time).
-/// `--event-lines` is a token bucket (N a second on average, a burst of one second's worth),
-/// and a line carries its event's time, not the time it was written, so one stamped second can
-/// hold more than N while the average stays at N.
-pub fn event_lines(path: &Path, from: u64) -> (u64, u64) {
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return (0, 0);
-    };
+/// Reads the log from byte `from` once (text log format: a line starts with its RFC 3339 time).
+fn log_lines(path: &Path, from: u64) -> LogLines {
     let mut text = String::new();
-    if f.seek(std::io::SeekFrom::Start(from)).is_err() || f.read_to_string(&mut text).is_err() {
-        return (0, 0);
+    let read = std::fs::File::open(path).and_then(|mut f| {
+        f.seek(std::io::SeekFrom::Start(from))?;
+        f.read_to_string(&mut text)
+    });
+    let mut out = LogLines {
+        all: 0,
+        events: 0,
+        busiest_second: 0,
+    };
+    if read.is_err() {
+        return out;
     }
     let mut per_second: std::collections::HashMap<&str, u64> = Default::default();
-    let mut total = 0;
     for line in text.lines() {
+        out.all += 1;
         let is_event = line.contains(" offender ") && !line.contains(" offender summary:");
         if let (true, Some(second)) = (is_event, line.get(..19)) {
             *per_second.entry(second).or_default() += 1;
-            total += 1;
+            out.events += 1;
         }
     }
-    (total, per_second.into_values().max().unwrap_or(0))
+    out.busiest_second = per_second.into_values().max().unwrap_or(0);
+    out
 }
 
 pub fn cli(bin: &Path, socket: &Path, args: &[&str]) -> anyhow::Result<(f64, String)> {
@@ -321,7 +317,7 @@ pub struct Window {
     /// Offender event lines (summaries excluded) per second over the window: what
     /// `--event-lines` bounds.
     pub event_lines_per_sec: f64,
-    /// The most offender event lines stamped with any one second (see [`event_lines`]).
+    /// The most offender event lines stamped with any one second (see [`LogLines`]).
     pub event_lines_max_per_sec: u64,
 }
 
@@ -344,14 +340,13 @@ impl WindowStart {
     pub fn finish(&self, d: &Daemon) -> anyhow::Result<Window> {
         let secs = self.at.elapsed().as_secs_f64();
         let cpu = d.cpu_secs()? - self.cpu;
-        let (lines, _) = count_lines(&d.log, self.log_len);
-        let (events, busiest) = event_lines(&d.log, self.log_len);
+        let lines = log_lines(&d.log, self.log_len);
         Ok(Window {
             secs,
             cpu_fraction: cpu / secs,
-            lines_per_sec: lines as f64 / secs,
-            event_lines_per_sec: events as f64 / secs,
-            event_lines_max_per_sec: busiest,
+            lines_per_sec: lines.all as f64 / secs,
+            event_lines_per_sec: lines.events as f64 / secs,
+            event_lines_max_per_sec: lines.busiest_second,
         })
     }
 }

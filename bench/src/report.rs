@@ -72,9 +72,6 @@ impl Machine {
     }
 }
 
-/// The daemon's default `--event-lines` rate (the bench runs it with default flags).
-const DEFAULT_EVENT_LINES_PER_SEC: f64 = 20.0;
-
 pub fn load() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -241,7 +238,11 @@ pub fn summary(all: &All) -> serde_json::Value {
     put(
         "daemon_event_lines_of_allowed",
         sample_window.map(|w| {
-            let allowed = DEFAULT_EVENT_LINES_PER_SEC * (w.secs + 1.0);
+            // The bench runs the daemon with the default `--event-lines`.
+            let per_sec = monitor::config::DEFAULT_EVENT_LINES
+                .parse::<monitor::units::Rate>()
+                .map_or(f64::NAN, |r| r.per_second());
+            let allowed = per_sec * (w.secs + 1.0);
             w.event_lines_per_sec * w.secs / allowed
         }),
     );

@@ -72,16 +72,17 @@ pub fn enter(file: &File) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `f` on a new thread that first enters namespace `name` (the thread's sockets live
-/// there and interface names resolve there).
+/// Runs `f` on a new thread, named `thread`, that first enters namespace `name` (the thread's
+/// sockets live there and interface names resolve there).
 pub fn spawn_in<T: Send + 'static>(
     name: &str,
+    thread: &str,
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<T>>> {
     let file = ns_file(name)?;
     let name = name.to_string();
     std::thread::Builder::new()
-        .name(format!("in-{name}"))
+        .name(thread.to_string())
         .spawn(move || {
             enter(&file).with_context(|| format!("entering namespace {name}"))?;
             drop(file);
@@ -95,7 +96,7 @@ pub fn run_in<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
-    spawn_in(name, f)?
+    spawn_in(name, &format!("in-{name}"), f)?
         .join()
         .map_err(|_| anyhow::anyhow!("a thread inside namespace {name} panicked"))?
 }

@@ -47,7 +47,7 @@ pub const SAMPLE_CPU_SHARE: f64 = crate::config::DEFAULT_SAMPLE_CPU as f64 / 100
 /// Over a whole cycle sampling uses this fraction of its share while sampling: the next sample
 /// starts `busy / (share * CYCLE_FRACTION)` after this one started. At a million sources a
 /// sample is about a second of CPU here, so at the default share it runs for about 40 s and
-/// one starts every ~85 s; rates are computed over the real time between samples, and events
+/// one starts every ~90 s; rates are computed over the real time between samples, and events
 /// are not affected.
 pub const CYCLE_FRACTION: f64 = 0.5;
 /// History rows one sample may write: the keys with the most newly refused requests.
