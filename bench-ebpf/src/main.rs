@@ -55,6 +55,10 @@ mod parse;
 #[path = "../../monitor-ebpf/src/policy.rs"]
 #[allow(dead_code)]
 mod policy;
+#[cfg(target_arch = "bpf")]
+#[path = "../../monitor-ebpf/src/sources.rs"]
+#[allow(dead_code)]
+mod sources;
 
 #[cfg(target_arch = "bpf")]
 mod steps;

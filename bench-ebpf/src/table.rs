@@ -37,7 +37,7 @@ use monitor_common::{addr::AddrKey, maps::Bucket, rate::Limit};
 use crate::{
     atomic,
     clock::Now,
-    limit::{Charge, charge_key, charge_source, insert_new},
+    limit::{Charge, charge_bucket, charge_key, insert_new},
     programs::{counted_drop, v4_source},
 };
 
@@ -220,6 +220,24 @@ fn charge_entry(cfg: &SaCfg, p: *mut u64, mut w: u64, key: u32, now: u32) -> Sa 
         }
     }
     Sa::Raced
+}
+
+/// The LRU design's source charge (the product's until the set-associative table replaced it):
+/// charges a source's request on its bucket. A request that `step` would refuse at every
+/// instant the fine clock can read (`Limit::refuses_throughout` on the coarse clock's bounds)
+/// is refused here, reading only: the same verdict, and the same unchanged state, as
+/// `charge_bucket` on the fine clock. Anything else reads the fine clock and charges as usual.
+#[inline(always)]
+pub fn charge_source(bucket: *mut Bucket, limit: &Limit, now: &mut Now) -> Charge {
+    let tat = atomic::load(unsafe { &raw const (*bucket).tat_ns });
+    if limit.refuses_throughout(tat, now.earliest(), now.latest()) {
+        unsafe {
+            (*bucket).requests += 1;
+            (*bucket).refused += 1;
+        }
+                return Charge::Refused;
+    }
+    charge_bucket(bucket, limit, now.fine())
 }
 
 #[inline(always)]

@@ -68,9 +68,16 @@ impl AddrKey {
     /// 128-bit mapped space).
     #[inline(always)]
     pub fn masked(&self, mask: &AddrMask) -> Self {
+        let (hi, lo) = self.words();
+        Self::from_words(hi & mask.hi, lo & mask.lo)
+    }
+
+    /// The key as two native-endian words (the inverse of [`AddrKey::from_words`]).
+    #[inline(always)]
+    pub const fn words(&self) -> (u64, u64) {
         // SAFETY: [u8; 16] and [u64; 2] have the same size and every bit pattern is valid.
         let [hi, lo]: [u64; 2] = unsafe { core::mem::transmute(self.addr) };
-        Self::from_words(hi & mask.hi, lo & mask.lo)
+        (hi, lo)
     }
 }
 

@@ -9,7 +9,7 @@
 //! has finished with the old slot by then: each packet sees one whole config, old or new,
 //! never a mix. The kernel's cost is the one array lookup it always had, plus one load.
 
-use crate::{addr::AddrMask, http::HTTP_PATH_MAX, rate::Limit};
+use crate::{addr::AddrMask, http::HTTP_PATH_MAX, rate::Limit, table::TableShape};
 
 /// What one request is (the unit a limit counts).
 pub mod count_mode {
@@ -55,7 +55,7 @@ pub const DEFAULT_V6_AGG_PREFIX: u8 = 48;
 pub const CONFIG_MAGIC: u32 = 0x4d4f_4e43; // "MONC"
 /// `Config::version`: bumped whenever the layout of `Config` or `ConfigSlots` changes, so a
 /// daemon can refuse a pinned config written by another build.
-pub const CONFIG_VERSION: u32 = 2;
+pub const CONFIG_VERSION: u32 = 3;
 
 /// The default global event budget (see `Config::events`): ring-buffer events per second.
 pub const DEFAULT_EVENTS_PER_SEC: u32 = 1000;
@@ -107,6 +107,9 @@ pub struct Config {
     pub events_per_sec: u32,
     /// Of `events_per_sec`, how many only ban starts may use.
     pub events_reserved: u32,
+    /// The source table's seed and size (`table`): set by user space's config writer from the
+    /// table it created or adopted, never by policy.
+    pub table: TableShape,
     pub v4_source_mask: AddrMask,
     pub v6_source_mask: AddrMask,
     pub v4_agg_mask: AddrMask,
@@ -138,6 +141,11 @@ impl Config {
             ban_ns: 0,
             events_per_sec: DEFAULT_EVENTS_PER_SEC,
             events_reserved: DEFAULT_EVENTS_PER_SEC / 2,
+            table: TableShape {
+                seed: 0,
+                sets: 0,
+                _pad: 0,
+            },
             v4_source_mask: AddrMask::v4(v4),
             v6_source_mask: AddrMask::v6(v6),
             v4_agg_mask: AddrMask::v4(v4_agg),
@@ -173,6 +181,7 @@ impl Config {
             ban_ns: self.ban_ns,
             events_per_sec: self.events_per_sec,
             events_reserved: self.events_reserved,
+            table: self.table,
             count_mode: self.count_mode,
             action: self.action,
             flags: self.flags,

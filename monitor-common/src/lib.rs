@@ -15,6 +15,7 @@ pub mod http;
 pub mod maps;
 pub mod rate;
 pub mod stats;
+pub mod table;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -24,6 +25,7 @@ mod pod {
         config::{Config, ConfigSlots},
         event::Event,
         maps::*,
+        table::{SourceSet, SourceSlot},
     };
     unsafe impl aya::Pod for AddrKey {}
     unsafe impl aya::Pod for ListAddr {}
@@ -36,4 +38,6 @@ mod pod {
     unsafe impl aya::Pod for FleetConfig {}
     unsafe impl aya::Pod for FleetCount {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for SourceSet {}
+    unsafe impl aya::Pod for SourceSlot {}
 }

@@ -20,6 +20,8 @@ pub const MAP_FLEET_HITTERS: &str = "MON_FLEET_HH";
 /// Per-CPU scratch space for the kernel program's parsed packet (never read by user space,
 /// never pinned, so not in `ALL_MAPS`). See `monitor-ebpf/src/classify.rs`.
 pub const MAP_SCRATCH: &str = "MON_SCRATCH";
+/// When each source last sent an offender event (never read by user space, never pinned).
+pub const MAP_EVENT_SPACING: &str = "MON_EVT_SPACING";
 
 pub const MAP_STATE: &str = "MON_STATE";
 /// Only in objects built with the `test-clock` feature: the `now` the program uses, written

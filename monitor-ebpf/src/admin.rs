@@ -1,8 +1,8 @@
-//! `monitor_set_ban`: the daemon's narrow write into a bucket. Never attached; user space runs
-//! it with `BPF_PROG_TEST_RUN`, passing a `SetBan` as the packet. It stores one field, the
-//! bucket's copy of the ban deadline, with one 8-byte store, so the counters and the limiter
-//! state the data path updates concurrently are never overwritten from a stale read (which a
-//! user-space read-modify-write of the whole bucket would do).
+//! `monitor_set_ban`: the daemon's narrow write into the source table. Never attached; user
+//! space runs it with `BPF_PROG_TEST_RUN`, passing a `SetBan` as the packet. It changes one
+//! field, the slot's state, with one 8-byte store or compare-and-swap, so the counters the
+//! data path updates concurrently are never overwritten from a stale read (which a
+//! user-space read-modify-write of the slot would do).
 
 use aya_ebpf::programs::XdpContext;
 use monitor_common::{
@@ -10,7 +10,10 @@ use monitor_common::{
     maps::{SetBan, set_ban},
 };
 
-use crate::maps::MON_SOURCES;
+use crate::{
+    maps::MON_CONFIG,
+    sources::{self, Lookup},
+};
 
 #[inline(always)]
 pub fn set_ban(ctx: &XdpContext) -> u32 {
@@ -24,13 +27,20 @@ pub fn set_ban(ctx: &XdpContext) -> u32 {
     let key = AddrKey {
         addr: input.key.addr,
     };
-    match MON_SOURCES.get_ptr_mut(key) {
-        Some(bucket) => {
-            // SAFETY: the pointer is the map's value for as long as this program runs; an
-            // aligned 8-byte store is atomic against the data path's reads of the field.
-            unsafe { core::ptr::write_volatile(&raw mut (*bucket).ban_until_ns, input.until_ns) };
+    let Some(slots) = MON_CONFIG.get_ptr(0) else {
+        return set_ban::NO_BUCKET;
+    };
+    let live = unsafe { core::ptr::read_volatile(&raw const (*slots).active) } & 1;
+    let cfg = unsafe { &(*slots).slots[live as usize] };
+    match sources::lookup(&cfg.table, &key) {
+        Lookup::Found(slot) => {
+            if input.until_ns != 0 {
+                slot.ban(input.until_ns);
+            } else {
+                slot.unban();
+            }
             set_ban::WRITTEN
         }
-        None => set_ban::NO_BUCKET,
+        _ => set_ban::NO_BUCKET,
     }
 }

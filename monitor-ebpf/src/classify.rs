@@ -16,7 +16,7 @@ use monitor_common::{
     config::{Config, action, config_flags, count_mode, port_flags},
     event::{Event, kind, level},
     http::{self, HTTP_INSPECT_MAX},
-    maps::{Bucket, log_kind},
+    maps::log_kind,
     stats::Stat,
 };
 
@@ -24,10 +24,11 @@ use crate::{
     clock::Now,
     conn,
     frame::Frame,
-    limit::{Charge, charge_key, charge_source, insert_new},
-    maps::{MON_AGGS, MON_CONFIG, MON_PORTS, MON_SCRATCH, MON_SOURCES, count},
+    limit::{Charge, charge_key},
+    maps::{MON_AGGS, MON_CONFIG, MON_PORTS, MON_SCRATCH, count},
     parse::{IPPROTO_TCP, ParseError, Parsed, TCP_FLAG_ACK, TCP_FLAG_SYN, Transport, parse},
     policy,
+    sources::{self, Lookup, Slot},
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -150,46 +151,51 @@ fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: &mut Now) -> 
     };
     let key = src.masked(source_mask);
 
-    let bucket = MON_SOURCES.get_ptr_mut(key);
-    match bucket {
-        Some(bucket) => {
+    let found = sources::lookup(&cfg.table, &key);
+    match found {
+        Lookup::Found(slot) => {
             if request {
-                crate::fleet::note(&key, bucket, now);
+                crate::fleet::note(&key, slot.requests(), now);
             }
-            if policy::bucket_banned(bucket, &key, now) {
+            if slot.banned(&key, now) {
                 if request {
-                    unsafe {
-                        (*bucket).requests += 1;
-                        (*bucket).refused += 1;
-                    }
+                    slot.count_refused();
                 }
                 return over_limit(cfg, Stat::DroppedBan);
             }
         }
-        None => {
-            // No bucket: a new source, or one a flood evicted. Its ban, if any, is in MON_BANS.
+        Lookup::Missing(set) => {
+            // No slot: a new source, or one a flood evicted. Its ban, if any, is in MON_BANS.
             let ban_until = policy::stored_ban(&key, now);
             if ban_until != 0 {
-                policy::restore_banned_bucket(&key, ban_until, request);
+                policy::restore_ban(set, &key, ban_until, request, now.earliest());
                 return over_limit(cfg, Stat::DroppedBan);
             }
         }
+        Lookup::NoTable => {}
     }
     // One place for the connection check (after the ban checks, so a banned source's packets
-    // cost no lookup): the verifier walks it once, not once per bucket outcome.
+    // cost no lookup): the verifier walks it once, not once per lookup outcome.
     if !request || !connected(frame, pkt, cfg) || !http_line(frame, pkt, cfg) {
         count(Stat::NotCounted);
         return Verdict::Pass;
     }
     count(Stat::Requests);
-    let (charge, bucket) = match bucket {
-        Some(bucket) => (charge_source(bucket, &cfg.source, now), Some(bucket)),
-        None => insert_new(&MON_SOURCES, &key, &cfg.source, now.fine()),
+    let (charge, slot) = match found {
+        Lookup::Found(slot) => (slot.charge(&cfg.source, now), Some(slot)),
+        Lookup::Missing(set) => {
+            let now = now.fine();
+            (
+                Charge::Admitted,
+                sources::admit_new(set, &key, &cfg.source, now),
+            )
+        }
+        Lookup::NoTable => (Charge::Admitted, None),
     };
 
     if charge == Charge::Refused {
-        if let Some(bucket) = bucket {
-            source_over_limit(frame, bucket, &key, pkt, cfg, now);
+        if let Some(slot) = slot {
+            source_over_limit(frame, slot, &key, pkt, cfg, now);
         }
         return over_limit(cfg, Stat::DroppedRate);
     }
@@ -211,7 +217,7 @@ fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: &mut Now) -> 
             };
             policy::emit(&event(
                 &agg_key,
-                agg_bucket,
+                unsafe { (*agg_bucket).requests },
                 pkt,
                 cfg,
                 now,
@@ -229,7 +235,7 @@ fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: &mut Now) -> 
 #[inline(always)]
 fn source_over_limit<F: Frame>(
     frame: &F,
-    bucket: *mut Bucket,
+    slot: Slot,
     key: &AddrKey,
     pkt: &Transport,
     cfg: &Config,
@@ -239,7 +245,7 @@ fn source_over_limit<F: Frame>(
     if cfg.ban_ns != 0 {
         let now = now.fine();
         // Log records are about conditions, not packets: at most one per kind per second.
-        if policy::start_ban(bucket, key, now + cfg.ban_ns) {
+        if policy::start_ban(slot, key, now + cfg.ban_ns) {
             ban_until = now + cfg.ban_ns;
             if policy::log_allowed(log_kind::BAN_STARTED, now) {
                 info!(
@@ -258,7 +264,8 @@ fn source_over_limit<F: Frame>(
             );
         }
     }
-    if policy::claim_event_slot(bucket, now, ban_until != 0)
+    if policy::event_budget_left(cfg, now, ban_until != 0)
+        && sources::claim_event_slot(&cfg.table, key, now, ban_until != 0)
         && policy::take_event_budget(cfg, now.fine(), ban_until != 0)
     {
         let now = now.fine();
@@ -269,7 +276,7 @@ fn source_over_limit<F: Frame>(
         };
         policy::emit(&event(
             key,
-            bucket,
+            slot.requests() as u64,
             pkt,
             cfg,
             now,
@@ -284,7 +291,7 @@ fn source_over_limit<F: Frame>(
 #[allow(clippy::too_many_arguments)]
 fn event(
     key: &AddrKey,
-    bucket: *mut Bucket,
+    requests: u64,
     pkt: &Transport,
     cfg: &Config,
     now: u64,
@@ -306,7 +313,7 @@ fn event(
         proto: pkt.proto,
         is_v4: pkt.is_v4 as u8,
         dport: pkt.dport,
-        requests: unsafe { (*bucket).requests },
+        requests,
         ban_until_ns,
     }
 }

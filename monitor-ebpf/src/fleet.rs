@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use monitor_common::{
     addr::AddrKey,
-    maps::{Bucket, FleetConfig, FleetCount, MAX_FLEET_HITTERS},
+    maps::{FleetConfig, FleetCount, MAX_FLEET_HITTERS},
 };
 
 use crate::clock::Now;
@@ -25,16 +25,17 @@ pub static MON_FLEET_CFG: Array<FleetConfig> = Array::with_max_entries(1, 0);
 pub static MON_FLEET_HH: LruHashMap<AddrKey, FleetCount> =
     LruHashMap::with_max_entries(MAX_FLEET_HITTERS, 0);
 
-/// Counts one request of the source `key`, whose bucket is about to count it.
+/// Counts one request of the source `key`, whose slot has counted `requests` so far (and is
+/// about to count this one).
 #[inline(always)]
-pub fn note(key: &AddrKey, bucket: *const Bucket, now: &mut Now) {
+pub fn note(key: &AddrKey, requests: u32, now: &mut Now) {
     let Some(cfg) = MON_FLEET_CFG.get(0) else {
         return;
     };
     if cfg.interval_ns == 0 {
         return;
     }
-    let n = unsafe { (*bucket).requests } + 1;
+    let n = requests.wrapping_add(1) as u64;
     if n & cfg.step_mask != 0 {
         return;
     }

@@ -1,11 +1,11 @@
-//! Charging one request to one level's bucket: the GCRA step of `monitor_common::rate`, made
-//! safe for several CPUs by a compare-and-swap on the bucket's `tat_ns`, and refused without
-//! the fine clock when the coarse one already decides (`charge_source`).
+//! Charging one request to a limiter state: the GCRA step of `monitor_common::rate`, made safe
+//! for several CPUs by a compare-and-swap on the state (`gcra`, used by the source table in
+//! `sources` and by the aggregate buckets here).
 
 use aya_ebpf::maps::LruHashMap;
 use monitor_common::{addr::AddrKey, maps::Bucket, rate::Limit, stats::Stat};
 
-use crate::{atomic, clock, clock::Now, maps::count};
+use crate::{atomic, maps::count};
 
 /// CAS attempts before falling back to an atomic add. Losing this many races in a row needs
 /// several CPUs updating one key at once; the verifier needs the retry loop bounded anyway.
@@ -19,8 +19,20 @@ pub enum Charge {
     Refused,
 }
 
-/// Counts one request on an existing bucket and runs the GCRA step (`Limit::step`, with its
-/// clamp to the live limit) on it.
+/// Counts one request on an existing bucket and runs the GCRA step on it ([`gcra`]).
+#[inline(always)]
+pub fn charge_bucket(bucket: *mut Bucket, limit: &Limit, now: u64) -> Charge {
+    // Plain increments: these are for reports; the limit itself is the CAS'd `tat_ns`.
+    unsafe { (*bucket).requests += 1 };
+    let charge = gcra(unsafe { &raw mut (*bucket).tat_ns }, limit, now);
+    if charge == Charge::Refused {
+        unsafe { (*bucket).refused += 1 };
+    }
+    charge
+}
+
+/// Runs the GCRA step (`Limit::step`, with its clamp to the live limit) on the state at
+/// `tat_ptr`.
 ///
 /// When the CAS keeps losing races, the request is charged anyway by an atomic add of one
 /// interval, which cannot lose: it is admitted if the state read back (with its charge in it)
@@ -32,20 +44,17 @@ pub enum Charge {
 /// behind this CPU's `now` unless the interval is shorter than the retry loop, well under a
 /// microsecond: a limit of millions of requests per second per key.)
 #[inline(always)]
-pub fn charge_bucket(bucket: *mut Bucket, limit: &Limit, now: u64) -> Charge {
-    // Plain increments: these are for reports; the limit itself is the CAS'd `tat_ns`.
-    unsafe { (*bucket).requests += 1 };
-    let tat_ptr = unsafe { &raw mut (*bucket).tat_ns };
+pub fn gcra(tat_ptr: *mut u64, limit: &Limit, now: u64) -> Charge {
     for _ in 0..CAS_ATTEMPTS {
         let tat = atomic::load(tat_ptr);
         let step = limit.step(tat, now);
         // A refusal under an unchanged limit leaves the state as it was: no write.
         if step.tat == tat || atomic::compare_and_swap(tat_ptr, tat, step.tat) {
-            if step.admitted {
-                return Charge::Admitted;
-            }
-            unsafe { (*bucket).refused += 1 };
-            return Charge::Refused;
+            return if step.admitted {
+                Charge::Admitted
+            } else {
+                Charge::Refused
+            };
         }
     }
     count(Stat::CasExhausted);
@@ -56,26 +65,7 @@ pub fn charge_bucket(bucket: *mut Bucket, limit: &Limit, now: u64) -> Charge {
         return Charge::Admitted;
     }
     atomic::add(tat_ptr, limit.interval_ns.wrapping_neg());
-    unsafe { (*bucket).refused += 1 };
     Charge::Refused
-}
-
-/// Charges a source's request on its bucket. A request that `step` would refuse at every
-/// instant the fine clock can read (`Limit::refuses_throughout` on the coarse clock's bounds)
-/// is refused here, reading only: the same verdict, and the same unchanged state, as
-/// `charge_bucket` on the fine clock. Anything else reads the fine clock and charges as usual.
-#[inline(always)]
-pub fn charge_source(bucket: *mut Bucket, limit: &Limit, now: &mut Now) -> Charge {
-    let tat = atomic::load(unsafe { &raw const (*bucket).tat_ns });
-    if limit.refuses_throughout(tat, now.earliest(), now.latest()) {
-        unsafe {
-            (*bucket).requests += 1;
-            (*bucket).refused += 1;
-        }
-        clock::note_coarse_refusal();
-        return Charge::Refused;
-    }
-    charge_bucket(bucket, limit, now.fine())
 }
 
 /// Looks the key up, creating its bucket (admitted, first request) when missing. Returns the

@@ -29,6 +29,8 @@ mod maps;
 mod parse;
 #[cfg(target_arch = "bpf")]
 mod policy;
+#[cfg(target_arch = "bpf")]
+mod sources;
 
 #[cfg(target_arch = "bpf")]
 mod programs {

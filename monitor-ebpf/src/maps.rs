@@ -9,15 +9,17 @@ use monitor_common::{
     addr::{AddrKey, ListAddr},
     config::ConfigSlots,
     maps::{
-        Ban, Bucket, DEFAULT_MAX_AGGREGATES, DEFAULT_MAX_SOURCES, EVENTS_BYTES, KernelState,
-        ListEntry, MAX_BANS, MAX_LIST_ENTRIES, PORT_SLOTS,
+        Ban, Bucket, DEFAULT_MAX_AGGREGATES, EVENTS_BYTES, KernelState, ListEntry, MAX_BANS,
+        MAX_LIST_ENTRIES, PORT_SLOTS,
     },
     stats::STAT_COUNT,
+    table::SourceSet,
 };
 
 /// LPM tries reject prealloc; the flag is required.
 const BPF_F_NO_PREALLOC: u32 = 1;
-/// User space writes the config through a shared mapping (see `monitor_common::config`).
+/// User space writes the config through a shared mapping (see `monitor_common::config`) and
+/// reads the source table through one.
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 #[map]
@@ -38,9 +40,22 @@ pub static MON_PORTS: Array<u8> = Array::with_max_entries(PORT_SLOTS, 0);
 #[map]
 pub static MON_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
+/// The source table (`monitor_common::table`, used through `sources`). Page-aligned storage
+/// (`BPF_F_MMAPABLE`) keeps every 128-byte set on one pair of cache lines, and lets the daemon
+/// read the table through a shared mapping. Sized by user space at load.
 #[map]
-pub static MON_SOURCES: LruHashMap<AddrKey, Bucket> =
-    LruHashMap::with_max_entries(DEFAULT_MAX_SOURCES, 0);
+pub static MON_SOURCES: Array<SourceSet> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// Entries of [`MON_EVT_SPACING`] (a power of two).
+pub const SPACING_ENTRIES: u32 = 16_384;
+
+/// When each source last sent an offender event, by the low bits of its key hash:
+/// `[key hash, ns]`. Touched only when an event may go out (the global budget has room), so a
+/// flood that has spent the second's budget never reads it. Two sources sharing an entry take
+/// it from each other, so each may then report more than once a second, still within the
+/// global budget. Not pinned: a restarted daemon starts with no spacing history.
+#[map]
+pub static MON_EVT_SPACING: Array<[u64; 2]> = Array::with_max_entries(SPACING_ENTRIES, 0);
 
 #[map]
 pub static MON_AGGS: LruHashMap<AddrKey, Bucket> =

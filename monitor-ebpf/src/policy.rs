@@ -9,13 +9,14 @@ use monitor_common::{
     maps::{Ban, Bucket, EVENT_COUNT_BITS, LOG_SPACING_NS, ListEntry},
     rate::NANOS_PER_SEC,
     stats::Stat,
+    table::{BANNED, SourceSet},
 };
 
 use crate::{
     atomic,
     clock::Now,
-    limit::BPF_NOEXIST,
-    maps::{MON_ALLOW, MON_BANS, MON_DENY, MON_EVENTS, MON_SOURCES, MON_STATE, count},
+    maps::{MON_ALLOW, MON_BANS, MON_DENY, MON_EVENTS, MON_STATE, count},
+    sources::{self, Slot},
 };
 
 /// CAS attempts on the shared budget state before the event or record is withheld.
@@ -42,22 +43,6 @@ pub fn denylisted(src: &AddrKey, is_v4: bool, now: &mut Now) -> bool {
     listed(&MON_DENY, src, is_v4, now)
 }
 
-/// The ban deadline a bucket carries, clearing it (and the authoritative `MON_BANS` entry)
-/// once it has passed. Returns true while the ban holds.
-#[inline(always)]
-pub fn bucket_banned(bucket: *mut Bucket, key: &AddrKey, now: &mut Now) -> bool {
-    let until = unsafe { (*bucket).ban_until_ns };
-    if until == 0 {
-        return false;
-    }
-    if now.is_before(until) {
-        return true;
-    }
-    unsafe { (*bucket).ban_until_ns = 0 };
-    let _ = MON_BANS.remove(key);
-    false
-}
-
 /// The ban deadline in `MON_BANS` for a key with no bucket (new, or evicted by a flood), or 0.
 /// An expired entry is deleted on sight.
 #[inline(always)]
@@ -72,39 +57,31 @@ pub fn stored_ban(key: &AddrKey, now: &mut Now) -> u64 {
     }
 }
 
-/// Re-creates the bucket of a banned key that has none (new, or evicted by a flood) with the
-/// ban copied in, so its next packets cost one lookup. The packet in hand is refused, so it is
-/// counted as refused if it is a request and charged to nothing: banned traffic never spends
-/// budget. If another CPU re-created the bucket first, that one stands.
+/// Gives a banned key that has no slot (new, or evicted by a flood) a slot with the ban in it,
+/// so its next packets cost one probe. The packet in hand is refused, so it is counted as
+/// refused if it is a request and charged to nothing: banned traffic never spends budget.
 #[inline(always)]
-pub fn restore_banned_bucket(key: &AddrKey, until_ns: u64, request: bool) {
-    let refused = request as u64;
-    let bucket = Bucket {
-        tat_ns: 0,
-        ban_until_ns: until_ns,
-        last_event_ns: 0,
-        requests: refused,
-        refused,
-    };
-    let _ = MON_SOURCES.insert(key, bucket, BPF_NOEXIST);
+pub fn restore_ban(set: *mut SourceSet, key: &AddrKey, until_ns: u64, request: bool, now: u64) {
+    let refused = request as u32;
+    let _ = sources::claim(set, key, BANNED | until_ns, refused, refused, now);
 }
 
-/// Starts a ban: stores it where floods cannot evict it and copies it into the bucket.
+/// Starts a ban: stores it where floods cannot evict it and puts it in the source's slot.
 /// Returns false when the ban table is full (the source is then only rate limited).
 #[inline(always)]
-pub fn start_ban(bucket: *mut Bucket, key: &AddrKey, until_ns: u64) -> bool {
+pub fn start_ban(slot: Slot, key: &AddrKey, until_ns: u64) -> bool {
     if MON_BANS.insert(key, Ban { until_ns }, 0).is_err() {
         count(Stat::BansFull);
         return false;
     }
-    unsafe { (*bucket).ban_until_ns = until_ns };
+    slot.ban(until_ns);
     count(Stat::BansStarted);
     true
 }
 
-/// Whether this CPU may emit an event for the bucket now (at most one per key per second;
-/// ban starts always may). Claims the slot with a CAS so two CPUs never both emit. The fine
-/// clock is read only when the coarse clock's bounds cannot rule the event out.
+/// Whether this CPU may emit an event for an aggregate bucket now (at most one per key per
+/// second). Claims the slot with a CAS so two CPUs never both emit. The fine clock is read
+/// only when the coarse clock's bounds cannot rule the event out.
 #[inline(always)]
 pub fn claim_event_slot(bucket: *mut Bucket, now: &mut Now, always: bool) -> bool {
     let slot = unsafe { &raw mut (*bucket).last_event_ns };
@@ -118,6 +95,25 @@ pub fn claim_event_slot(bucket: *mut Bucket, now: &mut Now, always: bool) -> boo
         return false;
     }
     atomic::compare_and_swap(slot, last, now) || always
+}
+
+/// Whether the current second's event budget may still have room, reading the shared state
+/// only: lets a flood that has spent the budget skip the per-key spacing check. The coarse
+/// clock's second is enough to say "maybe"; `take_event_budget` decides.
+#[inline(always)]
+pub fn event_budget_left(cfg: &Config, now: &mut Now, ban: bool) -> bool {
+    let cap = if ban {
+        cfg.events_per_sec
+    } else {
+        cfg.events_per_sec.saturating_sub(cfg.events_reserved)
+    } as u64;
+    let Some(state) = MON_STATE.get_ptr(0) else {
+        return true;
+    };
+    let w = atomic::load(unsafe { &raw const (*state).event_window });
+    let mask = (1u64 << EVENT_COUNT_BITS) - 1;
+    // A later second than the window's (at any instant the fine clock can read) starts afresh.
+    now.latest() / NANOS_PER_SEC > w >> EVENT_COUNT_BITS || w & mask < cap
 }
 
 /// Takes one event from the global budget of the current second (`Config::events_per_sec`).

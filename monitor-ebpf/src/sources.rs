@@ -1,0 +1,237 @@
+//! The source table (`MON_SOURCES`): finding a source's slot, claiming one for a new source,
+//! charging a request to it, bans held in the slot, and the per-key spacing of offender events.
+//! The layout, placement and eviction rule are in `monitor_common::table`, shared with user
+//! space.
+//!
+//! What an off-path spoofer can do here: fill sets with addresses of its choosing. Each
+//! spoofed address takes the quietest slot of its set, so a loud real source keeps its slot
+//! unless four spoofed sources in its set are deeper in debt than it is, which needs them to
+//! send at least at the limit; a source that does lose its slot starts over with a fresh
+//! burst. A spoofer that knows the seed could aim at one set; the seed is drawn at load.
+
+use monitor_common::{
+    addr::AddrKey,
+    rate::Limit,
+    table::{BANNED, CLAIMING, SOURCE_WAYS, SourceSet, SourceSlot, TableShape, eviction_score},
+};
+
+use crate::{
+    atomic,
+    clock::{self, Now},
+    limit::{Charge, gcra},
+    maps::{MON_BANS, MON_EVT_SPACING, MON_SOURCES, SPACING_ENTRIES},
+};
+
+/// Events per key are spaced at least this far apart.
+const EVENT_SPACING_NS: u64 = 1_000_000_000;
+
+/// A source's place in the table, found or claimed.
+#[derive(Clone, Copy)]
+pub struct Slot {
+    ptr: *mut SourceSlot,
+}
+
+/// The outcome of looking a source up.
+pub enum Lookup {
+    Found(Slot),
+    /// No slot holds the key; a slot can be claimed in this set.
+    Missing(*mut SourceSet),
+    /// The config names no table (not written by a daemon yet): sources are not limited.
+    NoTable,
+}
+
+#[inline(always)]
+fn key_equals(slot: *const SourceSlot, key: &AddrKey) -> bool {
+    let (hi, lo) = key.words();
+    let words = unsafe { &raw const (*slot).key } as *const u64;
+    unsafe { core::ptr::read_volatile(words) == hi && core::ptr::read_volatile(words.add(1)) == lo }
+}
+
+/// Probes the key's set: one memory round trip for the whole set.
+#[inline(always)]
+pub fn lookup(shape: &TableShape, key: &AddrKey) -> Lookup {
+    let Some(index) = shape.set_index(key) else {
+        return Lookup::NoTable;
+    };
+    let Some(set) = MON_SOURCES.get_ptr_mut(index) else {
+        return Lookup::NoTable;
+    };
+    let mut way = 0;
+    while way < SOURCE_WAYS {
+        let slot = unsafe { &raw mut (*set).slots[way] };
+        if key_equals(slot, key) {
+            return Lookup::Found(Slot { ptr: slot });
+        }
+        way += 1;
+    }
+    Lookup::Missing(set)
+}
+
+impl Slot {
+    #[inline(always)]
+    fn tat_ptr(&self) -> *mut u64 {
+        unsafe { &raw mut (*self.ptr).tat_ns }
+    }
+
+    /// Requests counted so far (wrapping), including the one being charged once charged.
+    #[inline(always)]
+    pub fn requests(&self) -> u32 {
+        unsafe { (*self.ptr).requests }
+    }
+
+    /// Counts a request refused before charging (a banned source's).
+    #[inline(always)]
+    pub fn count_refused(&self) {
+        unsafe {
+            (*self.ptr).requests = (*self.ptr).requests.wrapping_add(1);
+            (*self.ptr).refused = (*self.ptr).refused.wrapping_add(1);
+        }
+    }
+
+    /// Whether the slot holds a ban that still applies. A ban found expired is lifted here:
+    /// the slot starts afresh and the authoritative `MON_BANS` entry is deleted.
+    #[inline(always)]
+    pub fn banned(&self, key: &AddrKey, now: &mut Now) -> bool {
+        let tat = atomic::load(self.tat_ptr());
+        if tat & BANNED == 0 || tat == CLAIMING {
+            return false;
+        }
+        if now.is_before(tat & !BANNED) {
+            return true;
+        }
+        if atomic::compare_and_swap(self.tat_ptr(), tat, 0) {
+            let _ = MON_BANS.remove(key);
+        }
+        false
+    }
+
+    /// Puts a ban in the slot (the caller stored the authoritative one in `MON_BANS`). A plain
+    /// store: whatever limiter state it overwrites no longer matters.
+    #[inline(always)]
+    pub fn ban(&self, until_ns: u64) {
+        unsafe { core::ptr::write_volatile(self.tat_ptr(), BANNED | until_ns) };
+    }
+
+    /// Lifts a ban held in the slot (the caller deleted the authoritative one): the slot
+    /// starts afresh. A slot not banned is left alone.
+    #[inline(always)]
+    pub fn unban(&self) {
+        let tat = atomic::load(self.tat_ptr());
+        if tat & BANNED != 0 && tat != CLAIMING {
+            let _ = atomic::compare_and_swap(self.tat_ptr(), tat, 0);
+        }
+    }
+
+    /// Charges a request: counted, then refused on the coarse clock when `step` would refuse
+    /// at every instant the fine clock can read (`Limit::refuses_throughout`), reading only;
+    /// otherwise the GCRA step on the fine clock. A slot that is being claimed, or holds a ban
+    /// (lifted under this CPU's feet), admits: it fails open.
+    #[inline(always)]
+    pub fn charge(&self, limit: &Limit, now: &mut Now) -> Charge {
+        unsafe { (*self.ptr).requests = (*self.ptr).requests.wrapping_add(1) };
+        let tat = atomic::load(self.tat_ptr());
+        if tat & BANNED != 0 {
+            return Charge::Admitted;
+        }
+        if limit.refuses_throughout(tat, now.earliest(), now.latest()) {
+            clock::note_coarse_refusal();
+            self.count_refused_only();
+            return Charge::Refused;
+        }
+        let charge = gcra(self.tat_ptr(), limit, now.fine());
+        if charge == Charge::Refused {
+            self.count_refused_only();
+        }
+        charge
+    }
+
+    #[inline(always)]
+    fn count_refused_only(&self) {
+        unsafe { (*self.ptr).refused = (*self.ptr).refused.wrapping_add(1) };
+    }
+}
+
+/// Takes the set's lowest-scoring slot for `key` with state `tat` and counters. Returns the
+/// slot, or None when other CPUs won every attempt (the caller fails open).
+#[inline(always)]
+pub fn claim(
+    set: *mut SourceSet,
+    key: &AddrKey,
+    tat: u64,
+    requests: u32,
+    refused: u32,
+    now: u64,
+) -> Option<Slot> {
+    for _attempt in 0..2 {
+        let mut victim = 0usize;
+        let mut victim_tat = 0u64;
+        let mut victim_score = i64::MAX;
+        let mut way = 0;
+        while way < SOURCE_WAYS {
+            let slot = unsafe { &raw mut (*set).slots[way] };
+            let slot_tat = atomic::load(unsafe { &raw const (*slot).tat_ns });
+            let score = eviction_score(slot_tat, now);
+            if score < victim_score {
+                victim = way;
+                victim_tat = slot_tat;
+                victim_score = score;
+            }
+            way += 1;
+        }
+        if victim_score == i64::MAX {
+            return None;
+        }
+        let slot = unsafe { &raw mut (*set).slots[victim & (SOURCE_WAYS - 1)] };
+        let tat_ptr = unsafe { &raw mut (*slot).tat_ns };
+        if atomic::compare_and_swap(tat_ptr, victim_tat, CLAIMING) {
+            unsafe {
+                (*slot).key = *key;
+                (*slot).requests = requests;
+                (*slot).refused = refused;
+                core::ptr::write_volatile(tat_ptr, tat);
+            }
+            return Some(Slot { ptr: slot });
+        }
+    }
+    None
+}
+
+/// A new source's first request: admitted, and a slot claimed for it.
+#[inline(always)]
+pub fn admit_new(set: *mut SourceSet, key: &AddrKey, limit: &Limit, now: u64) -> Option<Slot> {
+    claim(set, key, limit.first(now), 1, 0, now)
+}
+
+/// Whether this CPU may emit an event for the source now (at most one per key per second;
+/// ban starts always may). The fine clock is read only when the coarse clock's bounds cannot
+/// rule the event out.
+#[inline(always)]
+pub fn claim_event_slot(shape: &TableShape, key: &AddrKey, now: &mut Now, always: bool) -> bool {
+    let hash = monitor_common::table::key_hash(key, shape.seed);
+    let Some(entry) = MON_EVT_SPACING.get_ptr_mut(hash as u32 & (SPACING_ENTRIES - 1)) else {
+        return always;
+    };
+    let owner_ptr = unsafe { &raw mut (*entry)[0] };
+    let last_ptr = unsafe { &raw mut (*entry)[1] };
+    let owner = atomic::load(owner_ptr);
+    let last = atomic::load(last_ptr);
+    let mine = owner == hash && last != 0;
+    // Every instant the fine clock can read is within the spacing after `last`.
+    if !always && mine && last <= now.earliest() && now.latest() - last < EVENT_SPACING_NS {
+        return false;
+    }
+    let fine = now.fine();
+    if !always && mine && fine.wrapping_sub(last) < EVENT_SPACING_NS {
+        return false;
+    }
+    if !mine {
+        // Taking the entry from another key (or a fresh one): plain stores, since a race here
+        // costs at most one extra event, which the global budget still bounds.
+        unsafe {
+            core::ptr::write_volatile(owner_ptr, hash);
+            core::ptr::write_volatile(last_ptr, fine);
+        }
+        return true;
+    }
+    atomic::compare_and_swap(last_ptr, last, fine) || always
+}
