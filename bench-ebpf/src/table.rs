@@ -235,7 +235,7 @@ pub fn charge_source(bucket: *mut Bucket, limit: &Limit, now: &mut Now) -> Charg
             (*bucket).requests += 1;
             (*bucket).refused += 1;
         }
-                return Charge::Refused;
+        return Charge::Refused;
     }
     charge_bucket(bucket, limit, now.fine())
 }

@@ -262,6 +262,7 @@ fn run_in_private_netns(sources: &[u32], rounds: usize, repeat: u32) -> anyhow::
     let mut kernel = Kernel::load(&LoadOptions {
         max_sources: max.max(16),
         pin_dir: None,
+        table_seed: None,
     })
     .context("loading the monitor object (bench needs root)")?;
     kernel.set_port(PORT, port_flags::TCP | port_flags::UDP)?;

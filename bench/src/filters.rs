@@ -345,6 +345,7 @@ pub fn install(
             let mut k = Kernel::load(&LoadOptions {
                 max_sources: OUR_CAPACITY,
                 pin_dir: None,
+                table_seed: None,
             })
             .context("loading the monitor object")?;
             k.set_config(&Config {

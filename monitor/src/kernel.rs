@@ -21,9 +21,10 @@ use monitor_common::{
         MAP_SOURCES, MAP_STATS, PROG_SET_BAN, PROG_TC, PROG_XDP, SetBan, set_ban,
     },
     stats::{STAT_COUNT, Stat},
+    table::{SourceSlot, TableShape, sets_for},
 };
 
-use crate::cidr::Cidr;
+use crate::{cidr::Cidr, source_table::SourceTable};
 
 /// The eBPF object built by build.rs (aya-build) from `monitor-ebpf`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor-ebpf"));
@@ -141,6 +142,9 @@ pub struct LoadOptions {
     /// When set, every map is pinned as `<dir>/<MAP_NAME>`, and maps already pinned there are
     /// adopted (counters, bans and lists survive a daemon restart).
     pub pin_dir: Option<PathBuf>,
+    /// The source table's hash seed. None: the seed of the adopted table, or a random one
+    /// for a new table. Tests fix it so that where each source lands is the same every run.
+    pub table_seed: Option<u64>,
 }
 
 impl Default for LoadOptions {
@@ -148,13 +152,14 @@ impl Default for LoadOptions {
         Self {
             max_sources: 4096,
             pin_dir: None,
+            table_seed: None,
         }
     }
 }
 
 /// See [`Kernel::table_reader`].
 pub struct TableReader {
-    sources: OwnedFd,
+    sources: std::sync::Arc<SourceTable>,
     aggregates: OwnedFd,
     bans: OwnedFd,
 }
@@ -164,25 +169,46 @@ impl TableReader {
         crate::batch::read_all(self.bans.as_raw_fd()).map_err(KernelError::Batch)
     }
 
-    /// A chunked walk over the tracked-source table.
+    /// A chunked walk over the tracked-source table (read through its shared mapping).
     pub fn walk_sources(&self, chunk: usize) -> TableWalk {
-        TableWalk(crate::batch::Walk::new(self.sources.as_raw_fd(), chunk))
+        TableWalk::Sources {
+            table: self.sources.clone(),
+            next_set: 0,
+            chunk,
+        }
     }
 
     /// A chunked walk over the aggregate table.
     pub fn walk_aggregates(&self, chunk: usize) -> TableWalk {
-        TableWalk(crate::batch::Walk::new(self.aggregates.as_raw_fd(), chunk))
+        TableWalk::Buckets(crate::batch::Walk::new(self.aggregates.as_raw_fd(), chunk))
     }
 }
 
-/// A walk over one of the bucket tables, borrowed from a [`TableReader`] (whose descriptors it
-/// reads through).
-pub struct TableWalk(crate::batch::Walk<AddrKey, Bucket>);
+/// A walk over the source table or the aggregate table, from a [`TableReader`]. Sources are
+/// reported as `Bucket`s (`source_table::report`), so both levels read alike.
+pub enum TableWalk {
+    Sources {
+        table: std::sync::Arc<SourceTable>,
+        next_set: u32,
+        chunk: usize,
+    },
+    Buckets(crate::batch::Walk<AddrKey, Bucket>),
+}
 
 impl TableWalk {
     /// Appends the next chunk; false once the table has been walked to its end.
     pub fn next_chunk(&mut self, out: &mut Vec<(AddrKey, Bucket)>) -> Result<bool> {
-        self.0.next_chunk(out).map_err(KernelError::Batch)
+        match self {
+            Self::Sources {
+                table,
+                next_set,
+                chunk,
+            } => {
+                *next_set = table.read_from(*next_set, *chunk, out);
+                Ok(*next_set < table.shape().sets)
+            }
+            Self::Buckets(walk) => walk.next_chunk(out).map_err(KernelError::Batch),
+        }
     }
 }
 
@@ -224,7 +250,7 @@ fn program_load_error(name: &'static str, source: ProgramError) -> KernelError {
 /// `MON_CONFIG` is compared like every map (type, sizes, entries): a `Config` of another layout
 /// has another value size and is refused. Once `Config` carries a magic number and a version,
 /// the pinned value's magic and version belong here too (a same-size layout change).
-fn check_pins(dir: &Path, max_sources: u32) -> Result<()> {
+fn check_pins(dir: &Path, source_sets: u32) -> Result<()> {
     let mut object = None;
     for name in ALL_MAPS {
         let path = dir.join(name);
@@ -254,7 +280,7 @@ fn check_pins(dir: &Path, max_sources: u32) -> Result<()> {
             },
         })?;
         let want_entries = if name == MAP_SOURCES {
-            max_sources
+            source_sets
         } else {
             want.max_entries()
         };
@@ -308,13 +334,25 @@ pub fn pin_mismatch(
         ));
     }
     if want.3 != found.3 {
-        let fix = if name == MAP_SOURCES {
-            format!("restart with --max-sources {}, ", found.3)
-        } else {
-            String::new()
-        };
+        if name == MAP_SOURCES {
+            // The table's entries are sets; operators speak of sources.
+            let sources = |sets: u32| {
+                TableShape {
+                    sets,
+                    ..TableShape::default()
+                }
+                .capacity()
+            };
+            return Some(format!(
+                "{name} pinned with room for {} sources, this run wants {}: restart with \
+                 --max-sources {}, {remove}",
+                sources(found.3),
+                sources(want.3),
+                sources(found.3)
+            ));
+        }
         return Some(format!(
-            "{name} pinned with {} entries, this run wants {}: {fix}{remove}",
+            "{name} pinned with {} entries, this run wants {}: {remove}",
             found.3, want.3
         ));
     }
@@ -355,6 +393,10 @@ pub struct Kernel {
     ebpf: Ebpf,
     /// `MON_CONFIG` mapped into this process, made on the first `set_config`.
     config_map: Option<ConfigMapping>,
+    /// The source table's seed and size, written into every config (`set_config`).
+    table: TableShape,
+    /// `MON_SOURCES` mapped into this process, made on first use.
+    sources_view: std::sync::OnceLock<std::sync::Arc<SourceTable>>,
 }
 
 /// A shared mapping of `MON_CONFIG` (created `BPF_F_MMAPABLE`): the config writer stores the
@@ -403,6 +445,23 @@ impl Drop for ConfigMapping {
     }
 }
 
+/// A seed for a new source table, from the kernel's random source.
+fn random_seed() -> u64 {
+    let mut seed = [0u8; 8];
+    // SAFETY: getrandom writes at most `seed.len()` bytes into `seed`.
+    let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    if n != seed.len() as isize {
+        // Not reachable on the kernels this runs on (getrandom exists since 3.17 and does
+        // not fail for 8 bytes once the pool is ready); the clock still varies per host.
+        return std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            | 1;
+    }
+    u64::from_ne_bytes(seed) | 1
+}
+
 /// Waits until every program run that began before the call has finished (an RCU grace
 /// period): XDP and TC programs run inside RCU read-side sections, and `membarrier`'s global
 /// command is `synchronize_rcu()`. Kernels booted with `nohz_full` refuse that command; there a
@@ -427,15 +486,16 @@ impl Kernel {
     /// `load` with another build of the object (the tests' `test-clock` build).
     pub fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Self> {
         let max_sources = opts.max_sources.max(1);
+        let source_sets = sets_for(max_sources);
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(MAP_SOURCES, max_sources);
+        loader.map_max_entries(MAP_SOURCES, source_sets);
         let pins: Vec<(&'static str, PathBuf)>;
         if let Some(dir) = &opts.pin_dir {
             std::fs::create_dir_all(dir).map_err(|source| KernelError::PinDir {
                 path: dir.clone(),
                 source,
             })?;
-            check_pins(dir, max_sources)?;
+            check_pins(dir, source_sets)?;
             pins = ALL_MAPS
                 .iter()
                 .map(|name| (*name, dir.join(name)))
@@ -467,10 +527,46 @@ impl Kernel {
             };
             result.map_err(|source| program_load_error(name, source))?;
         }
-        Ok(Self {
+        let mut kernel = Self {
             ebpf,
             config_map: None,
-        })
+            table: TableShape::default(),
+            sources_view: std::sync::OnceLock::new(),
+        };
+        // An adopted table keeps the seed its entries were placed with (the pinned config
+        // carries it); a new one gets a fresh random seed.
+        let adopted = kernel
+            .config()
+            .ok()
+            .filter(|c| c.is_valid() && c.table.sets == source_sets && c.table.seed != 0)
+            .map(|c| c.table.seed);
+        let seed = opts.table_seed.or(adopted).unwrap_or_else(random_seed);
+        kernel.table = TableShape::for_sources(max_sources, seed);
+        Ok(kernel)
+    }
+
+    /// The source table's seed and size.
+    pub fn table_shape(&self) -> TableShape {
+        self.table
+    }
+
+    /// The shared read-only mapping of the source table.
+    pub fn source_table(&self) -> Result<std::sync::Arc<SourceTable>> {
+        if let Some(view) = self.sources_view.get() {
+            return Ok(view.clone());
+        }
+        let fd = match self.map(MAP_SOURCES)? {
+            Map::Array(m) => m.fd().as_fd().as_raw_fd(),
+            _ => return Err(KernelError::Missing(MAP_SOURCES)),
+        };
+        let view = SourceTable::map(fd, self.table).map_err(|e| KernelError::Map {
+            name: MAP_SOURCES,
+            source: MapError::SyscallError(aya::sys::SyscallError {
+                call: "mmap",
+                io_error: e,
+            }),
+        })?;
+        Ok(self.sources_view.get_or_init(|| view).clone())
     }
 
     /// The kernel's ids of the source and aggregate tables: they name the very tables a saved
@@ -484,7 +580,11 @@ impl Kernel {
                 _ => Err(KernelError::Missing(name)),
             }
         };
-        Ok((id(MAP_SOURCES)?, id(MAP_AGGREGATES)?))
+        let sources = match self.map(MAP_SOURCES)? {
+            Map::Array(m) => m.info().map_err(Self::map_err(MAP_SOURCES))?.id(),
+            _ => return Err(KernelError::Missing(MAP_SOURCES)),
+        };
+        Ok((sources, id(MAP_AGGREGATES)?))
     }
 
     /// Capacity (max entries) of each table, by map name: what was created or adopted.
@@ -501,7 +601,12 @@ impl Kernel {
                     | Map::RingBuf(m) => m.info().ok()?,
                     _ => return None,
                 };
-                Some((*name, info.max_entries()))
+                let capacity = if *name == MAP_SOURCES {
+                    self.table.capacity()
+                } else {
+                    info.max_entries()
+                };
+                Some((*name, capacity))
             })
             .collect()
     }
@@ -589,6 +694,10 @@ impl Kernel {
             .as_ref()
             .map(|m| m.ptr)
             .expect("mapped above");
+        let config = &Config {
+            table: self.table,
+            ..*config
+        };
         // SAFETY: `slots` points at the mapped value. Only this writer stores to it; readers
         // never read the idle slot, and the last call waited for every run that read it while
         // it was live. The index is published with release ordering after the slot's bytes.
@@ -635,8 +744,12 @@ impl Kernel {
         Ok(stats)
     }
 
+    /// A tracked source as the reports see it (`source_table::report`).
     pub fn source(&self, key: &AddrKey) -> Result<Option<Bucket>> {
-        self.lookup(MAP_SOURCES, key)
+        Ok(self
+            .source_table()?
+            .find(key)
+            .map(|slot| crate::source_table::report(&slot)))
     }
 
     pub fn aggregate(&self, key: &AddrKey) -> Result<Option<Bucket>> {
@@ -652,9 +765,22 @@ impl Kernel {
         }
     }
 
-    /// Every tracked source, read with batched lookups (a million entries in well under a second).
+    /// Puts sources into the table (`SourceTable::place`) with batched updates; returns how
+    /// many found their set full. For tests and benchmarks that pre-fill a table.
+    pub fn write_sources(&mut self, entries: &[(AddrKey, SourceSlot)]) -> Result<usize> {
+        let table = self.source_table()?;
+        let (sets, left_out) = table.place(entries);
+        let fd = match self.map(MAP_SOURCES)? {
+            Map::Array(m) => m.fd().as_fd().as_raw_fd(),
+            _ => return Err(KernelError::Missing(MAP_SOURCES)),
+        };
+        crate::batch::write_all(fd, &sets).map_err(KernelError::Batch)?;
+        Ok(left_out)
+    }
+
+    /// Every tracked source, read through the table's shared mapping.
     pub fn sources(&self) -> Result<Vec<(AddrKey, Bucket)>> {
-        crate::batch::read_all(self.map_fd(MAP_SOURCES)?).map_err(KernelError::Batch)
+        Ok(self.source_table()?.all())
     }
 
     pub fn aggregates(&self) -> Result<Vec<(AddrKey, Bucket)>> {
@@ -676,7 +802,7 @@ impl Kernel {
                 .map_err(KernelError::Batch)
         };
         Ok(TableReader {
-            sources: dup(MAP_SOURCES)?,
+            sources: self.source_table()?,
             aggregates: dup(MAP_AGGREGATES)?,
             bans: dup(MAP_BANS)?,
         })

@@ -16,5 +16,6 @@ pub mod limit;
 pub mod logging;
 pub mod metrics;
 pub mod proto;
+pub mod source_table;
 pub mod timefmt;
 pub mod units;

@@ -55,6 +55,7 @@ fn a_ban_write_keeps_the_kernels_concurrent_counts() {
         Kernel::load(&LoadOptions {
             max_sources: 4096,
             pin_dir: Some(pins.0.clone()),
+            table_seed: Some(tests::harness::TEST_TABLE_SEED),
         })
         .expect("load the eBPF object (tests need root)")
     };

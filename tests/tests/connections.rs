@@ -227,6 +227,7 @@ mod over_a_veth {
             let mut kernel = Kernel::load(&LoadOptions {
                 max_sources: 1024,
                 pin_dir: None,
+                table_seed: Some(tests::harness::TEST_TABLE_SEED),
             })
             .expect("load");
             kernel.set_config(&config).expect("config");

@@ -56,6 +56,7 @@ fn attach(link: &Link, config: Config, how: Attach) -> Kernel {
         let mut kernel = Kernel::load(&LoadOptions {
             max_sources: 1024,
             pin_dir: None,
+            table_seed: Some(tests::harness::TEST_TABLE_SEED),
         })
         .expect("load");
         kernel.set_config(&config).expect("config");

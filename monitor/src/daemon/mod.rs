@@ -475,6 +475,7 @@ fn start(settings: &Settings, adopting: bool) -> Result<Started> {
     let mut kernel = Kernel::load(&LoadOptions {
         max_sources: settings.max_sources,
         pin_dir: Some(settings.pin_path.clone()),
+        table_seed: None,
     })
     .inspect_err(|e| {
         let lines = std::env::var(crate::kernel::VERIFIER_LOG_ENV)

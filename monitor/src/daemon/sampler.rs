@@ -274,6 +274,22 @@ impl Prefixes {
     }
 }
 
+/// How far a counter moved since it was booked at `prev`. A source's counters are 32 bits in
+/// the kernel and wrap; a counter found below its booking by more than half their range
+/// wrapped, and one found below it by less was restarted (its key evicted and re-inserted),
+/// so it counts from zero. Aggregate counters are 64 bits and never wrap.
+pub fn counted_since(level: Level, prev: u64, now: u64) -> u64 {
+    if now >= prev {
+        return now - prev;
+    }
+    let wrapped = level == Level::Source && prev <= u64::from(u32::MAX) && prev - now > 1 << 31;
+    if wrapped {
+        u64::from((now as u32).wrapping_sub(prev as u32))
+    } else {
+        now
+    }
+}
+
 /// Where the first sample's drop counts start from, so that requests refused while no daemon
 /// ran (the `--persist` window) reach the history exactly once.
 pub enum Baseline {
@@ -493,15 +509,8 @@ impl Sampler {
                     let booked = self.booked.entry(digest(level, key)).or_default();
                     let (prev_req, prev_ref) = (booked.requests, booked.refused());
                     *booked = Counted::seen_by(bucket.requests, bucket.refused, generation);
-                    // A key evicted and re-inserted restarts its counters; count from zero then.
-                    let delta_req = bucket
-                        .requests
-                        .checked_sub(prev_req)
-                        .unwrap_or(bucket.requests);
-                    let delta_ref = bucket
-                        .refused
-                        .checked_sub(prev_ref)
-                        .unwrap_or(bucket.refused);
+                    let delta_req = counted_since(level, prev_req, bucket.requests);
+                    let delta_ref = counted_since(level, prev_ref, bucket.refused);
                     let rate = if first || secs <= 0.0 {
                         0.0
                     } else {
