@@ -2,6 +2,13 @@
 //! `monitor-bench --only steps` can time each prefix with BPF_PROG_TEST_RUN and report ns per
 //! step; and prototypes of the cuts, measured the same way.
 //!
+//! The source-table steps run the product's set-associative table (`sources::lookup` on
+//! `cfg.table`, `Slot::charge`, `sources::admit_new`); `lru_lookup` and `lru_charge` run the
+//! LRU hash design it replaced (the table prototype's `LRU_TABLE`, `table::charge_source`) on
+//! the same frame, so the two designs' instruction costs sit side by side. BPF_PROG_TEST_RUN
+//! repeats one frame, so every lookup here hits the cache: the table's cache-miss advantage
+//! shows in the throughput part, not here.
+//!
 //! Every variant uses what it computed in its verdict (a miss returns XDP_ABORTED, which the
 //! bench rejects), so the compiler cannot drop a step.
 
@@ -13,6 +20,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use monitor_common::{
+    addr::AddrKey,
     config::{Config, port_flags},
     maps::Bucket,
     stats::{STAT_COUNT, Stat},
@@ -22,9 +30,11 @@ use crate::{
     classify::{Verdict, classify},
     clock::Now,
     frame::XdpFrame,
-    limit::{Charge, charge_bucket, charge_source},
-    maps::{MON_CONFIG, MON_PORTS, MON_SOURCES, count},
+    limit::{Charge, charge_bucket},
+    maps::{MON_CONFIG, MON_PORTS, count},
     parse::{IPPROTO_TCP, Parsed, Transport, parse},
+    sources::{self, Lookup},
+    table::{LRU_TABLE, charge_source},
 };
 
 const ABORT: u32 = xdp_action::XDP_ABORTED;
@@ -82,7 +92,8 @@ pub fn step_config(ctx: XdpContext) -> u32 {
     }
 }
 
-/// Step 3: + the clock.
+/// Step 3: + the fine clock (`bpf_ktime_get_ns`). The product reads it only when the coarse
+/// clock cannot decide (`clock::Now`); compare `step_coarse`.
 #[xdp]
 pub fn step_clock(ctx: XdpContext) -> u32 {
     let Some(cfg) = transport(&ctx).as_ref().and_then(monitored) else {
@@ -96,7 +107,25 @@ pub fn step_clock(ctx: XdpContext) -> u32 {
     }
 }
 
-/// Step 4: + masking the key and the source-table lookup (hash of the 16-byte key).
+/// The product's charge of one request on its source table: the slot found is charged
+/// (`Slot::charge`: refused on the coarse clock when it cannot fit at any instant the fine
+/// clock can read, else the GCRA step on the fine clock), a new source is admitted into a
+/// claimed slot (`admit_new`).
+#[inline(always)]
+fn charge_table(cfg: &Config, key: &AddrKey, now: &mut Now) -> u32 {
+    match sources::lookup(&cfg.table, key) {
+        Lookup::Found(slot) => verdict(slot.charge(&cfg.source, now)),
+        Lookup::Missing(set) => match sources::admit_new(set, key, &cfg.source, now.fine()) {
+            Some(_) => PASS,
+            None => ABORT,
+        },
+        Lookup::NoTable => ABORT,
+    }
+}
+
+/// Step 4: step_coarse + masking the key and probing its set of the source table
+/// (`sources::lookup`: keyed hash, one array lookup, four 16-byte compares). The product reads
+/// the coarse clock (`Now::read`) before the lookup, so this builds on `step_coarse`.
 #[xdp]
 pub fn step_lookup(ctx: XdpContext) -> u32 {
     let Some(pkt) = transport(&ctx) else {
@@ -105,16 +134,17 @@ pub fn step_lookup(ctx: XdpContext) -> u32 {
     let Some(cfg) = monitored(&pkt) else {
         return ABORT;
     };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = Now::read();
     let key = pkt.src.masked(&cfg.v4_source_mask);
-    match MON_SOURCES.get_ptr_mut(key) {
-        Some(b) if unsafe { (*b).tat_ns } < now.wrapping_add(u64::MAX / 2) => PASS,
+    match sources::lookup(&cfg.table, &key) {
+        Lookup::Found(slot) if slot.requests() as u64 != now.earliest() => PASS,
         _ => ABORT,
     }
 }
 
-/// Step 5: + the GCRA step (CAS) and the bucket's counters: the verdict, without statistics,
-/// policy checks or the event check.
+/// Step 5: + charging the slot (`Slot::charge`; `admit_new` for a missing source): the
+/// verdict, without statistics, bans, policy checks or the event check. A refusal reads only
+/// the coarse clock; an admission reads the fine clock and swaps the state (CAS).
 #[xdp]
 pub fn step_gcra(ctx: XdpContext) -> u32 {
     let Some(pkt) = transport(&ctx) else {
@@ -123,12 +153,9 @@ pub fn step_gcra(ctx: XdpContext) -> u32 {
     let Some(cfg) = monitored(&pkt) else {
         return ABORT;
     };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let mut now = Now::read();
     let key = pkt.src.masked(&cfg.v4_source_mask);
-    match MON_SOURCES.get_ptr_mut(key) {
-        Some(b) => verdict(charge_bucket(b, &cfg.source, now)),
-        None => ABORT,
-    }
+    charge_table(cfg, &key, &mut now)
 }
 
 /// Step 6: the product's whole classifier (statistics, policy flags, event check included).
@@ -211,11 +238,12 @@ pub fn cut_config(ctx: XdpContext) -> u32 {
     }
 }
 
-/// The source table keyed by the bare IPv4 address, same bucket.
+/// The LRU design's source table keyed by the bare IPv4 address, same bucket.
 #[map]
 static CUT_SOURCES4: LruHashMap<u32, Bucket> = LruHashMap::with_max_entries(1 << 20, 0);
 
-/// Cut: step 5 with a 4-byte IPv4 key (and the product's two config lookups).
+/// The LRU design's cut (before the set-associative table): its step 5 on the fine clock with
+/// a 4-byte IPv4 key in an LRU hash (and the product's two config lookups).
 #[xdp]
 pub fn cut_key4(ctx: XdpContext) -> u32 {
     let Some(pkt) = transport(&ctx) else {
@@ -233,9 +261,10 @@ pub fn cut_key4(ctx: XdpContext) -> u32 {
     }
 }
 
-/// Cut, all together: parse, one configuration lookup with the port bitmap, the clock, the
-/// 4-byte key, the GCRA step, and the statistics from one record fetched once. What the
-/// product's drop/pass path would cost with every cut (no policy lists, bans or events).
+/// Cut, all together: parse, one configuration lookup with the port bitmap, the product's
+/// clock and source table (`charge_table`, as `step_gcra`), and the statistics from one record
+/// fetched once. What the product's drop/pass path would cost with the remaining cuts (no
+/// policy lists, bans or events).
 #[xdp]
 pub fn cut_all(ctx: XdpContext) -> u32 {
     let Some(stats) = CUT_STATS.get_ptr_mut(0) else {
@@ -249,42 +278,56 @@ pub fn cut_all(ctx: XdpContext) -> u32 {
         return ABORT;
     };
     unsafe { (*stats)[Stat::Monitored as usize] += 1 };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let mut now = Now::read();
     let key = pkt.src.masked(&live.config.v4_source_mask);
-    let k4 = u32::from_ne_bytes([key.addr[12], key.addr[13], key.addr[14], key.addr[15]]);
-    let Some(b) = CUT_SOURCES4.get_ptr_mut(k4) else {
-        return ABORT;
-    };
     unsafe { (*stats)[Stat::Requests as usize] += 1 };
-    let v = verdict(charge_bucket(b, &live.config.source, now));
-    let which = if v == PASS {
-        Stat::Passed
-    } else {
-        Stat::Dropped
+    let v = charge_table(&live.config, &key, &mut now);
+    let which = match v {
+        PASS => Stat::Passed,
+        DROP => Stat::Dropped,
+        _ => return ABORT,
     };
     unsafe { (*stats)[which as usize] += 1 };
     v
 }
 
-/// Step 3 with the coarse clock (bpf_ktime_get_coarse_ns) instead of the fine one.
+/// Step 3 as the product runs it: the coarse clock (`Now::read`, bpf_ktime_get_coarse_ns),
+/// which every packet reads; the source-table steps build on this one.
 #[xdp]
 pub fn step_coarse(ctx: XdpContext) -> u32 {
     let Some(cfg) = transport(&ctx).as_ref().and_then(monitored) else {
         return ABORT;
     };
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
-    if now != cfg.source.interval_ns {
+    let now = Now::read();
+    if now.earliest() != cfg.source.interval_ns {
         PASS
     } else {
         ABORT
     }
 }
 
-/// Step 5 as the product now runs it (`limit::charge_source`): the bucket read first, and a
-/// request that cannot fit at any instant the fine clock can read is refused on the coarse
-/// clock; everything else reads the fine clock and runs the GCRA step as `step_gcra` does.
+/// The LRU design's lookup: `step_lookup` on a 16-byte-key LRU hash of 40-byte buckets
+/// (`table::LRU_TABLE`, the product's source table before the set-associative one).
 #[xdp]
-pub fn cut_coarse(ctx: XdpContext) -> u32 {
+pub fn lru_lookup(ctx: XdpContext) -> u32 {
+    let Some(pkt) = transport(&ctx) else {
+        return ABORT;
+    };
+    let Some(cfg) = monitored(&pkt) else {
+        return ABORT;
+    };
+    let now = Now::read();
+    let key = pkt.src.masked(&cfg.v4_source_mask);
+    match LRU_TABLE.get_ptr_mut(key) {
+        Some(b) if unsafe { (*b).tat_ns } != now.earliest() => PASS,
+        _ => ABORT,
+    }
+}
+
+/// The LRU design's `step_gcra`: its source charge (`table::charge_source`: coarse-clock
+/// refusal, else the GCRA step on the fine clock) on the LRU hash bucket.
+#[xdp]
+pub fn lru_charge(ctx: XdpContext) -> u32 {
     let Some(pkt) = transport(&ctx) else {
         return ABORT;
     };
@@ -292,7 +335,7 @@ pub fn cut_coarse(ctx: XdpContext) -> u32 {
         return ABORT;
     };
     let key = pkt.src.masked(&cfg.v4_source_mask);
-    let Some(b) = MON_SOURCES.get_ptr_mut(key) else {
+    let Some(b) = LRU_TABLE.get_ptr_mut(key) else {
         return ABORT;
     };
     verdict(charge_source(b, &cfg.source, &mut Now::read()))

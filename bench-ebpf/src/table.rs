@@ -71,7 +71,7 @@ static SA_TABLE: Array<[u64; WAYS]> = Array::with_max_entries(1 << 18, BPF_F_MMA
 
 /// The product's table shape for the comparison (16-byte key, 40-byte bucket).
 #[map]
-static LRU_TABLE: LruHashMap<AddrKey, Bucket> = LruHashMap::with_max_entries(1 << 20, 0);
+pub static LRU_TABLE: LruHashMap<AddrKey, Bucket> = LruHashMap::with_max_entries(1 << 20, 0);
 
 #[inline(always)]
 fn to_units(ns: u64) -> u32 {

@@ -17,8 +17,8 @@ use monitor::kernel::{Kernel, LoadOptions};
 use monitor_common::{
     addr::AddrKey,
     config::{Config, count_mode, port_flags},
-    maps::{Bucket, MAP_SOURCES},
     rate::{Limit, NANOS_PER_SEC},
+    table::SourceSlot,
 };
 use socket2::{Domain, Socket, Type};
 
@@ -66,6 +66,9 @@ struct Case {
 pub struct CostResult {
     /// case -> tracked sources -> ns per packet
     pub ns: BTreeMap<String, BTreeMap<u32, Summary>>,
+    /// tracked sources asked for -> sources the pre-fill left out because their set of the
+    /// table was full (the measured sources are written first, into an empty table).
+    pub left_out: BTreeMap<u32, usize>,
     pub repeat: u32,
     pub rounds: usize,
 }
@@ -268,10 +271,14 @@ fn run_in_private_netns(sources: &[u32], rounds: usize, repeat: u32) -> anyhow::
     kernel.set_port(PORT, port_flags::TCP | port_flags::UDP)?;
     let mut bench = Bench::load()?;
 
-    // Everyone except the drop sources can always pass; the drop sources' buckets sit an hour
-    // in the future under a one-per-hour limit, so each of their requests is refused.
-    let far = Bucket {
+    // Everyone except the drop sources can always pass; the drop sources' slots sit far in
+    // the future under a one-per-hour limit, so each of their requests is refused.
+    let far = SourceSlot {
         tat_ns: u64::MAX / 4,
+        ..Default::default()
+    };
+    let passing = SourceSlot {
+        tat_ns: 1,
         ..Default::default()
     };
     let key = |a: IpAddr, prefix_v6: bool| match a {
@@ -285,38 +292,38 @@ fn run_in_private_netns(sources: &[u32], rounds: usize, repeat: u32) -> anyhow::
         }
     };
     let measured = [
-        (key(v4_pass, false), Bucket::default()),
-        (key(v6_pass, true), Bucket::default()),
+        (key(v4_pass, false), passing),
+        (key(v6_pass, true), passing),
         (key(v4_drop, false), far),
         (key(v6_drop, true), far),
     ];
-    let fd = fill::map_fd(kernel.ebpf_mut().map(MAP_SOURCES).context("MON_SOURCES")?)?;
-    monitor::batch::write_all(fd, &measured).context("writing the measured sources")?;
+    let missed = kernel
+        .write_sources(&measured)
+        .context("writing the measured sources")?;
+    anyhow::ensure!(missed == 0, "{missed} measured sources found no slot");
 
     let mut ns: BTreeMap<String, BTreeMap<u32, Summary>> = BTreeMap::new();
+    let mut left_out: BTreeMap<u32, usize> = BTreeMap::new();
     let mut filled = measured.len() as u32;
+    let mut missed_total = 0;
     let mut sorted = sources.to_vec();
     sorted.sort();
     for &n in &sorted {
-        // Pre-fill the rest of the table with distinct sources that would pass.
+        // Pre-fill the rest of the table with distinct sources that would pass. A source whose
+        // set is already full is left out (the table is sized at two slots per source).
         if n > filled {
-            let extra: Vec<(AddrKey, Bucket)> = (filled..n)
-                .map(|i| {
-                    (
-                        fill::v4_source(i),
-                        Bucket {
-                            tat_ns: 1,
-                            ..Default::default()
-                        },
-                    )
-                })
-                .collect();
-            monitor::batch::write_all(fd, &extra).context("pre-filling the source table")?;
+            let extra: Vec<(AddrKey, SourceSlot)> =
+                (filled..n).map(|i| (fill::v4_source(i), passing)).collect();
+            missed_total += kernel
+                .write_sources(&extra)
+                .context("pre-filling the source table")?;
             filled = n;
         }
-        let tracked = monitor::batch::read_all::<AddrKey, Bucket>(fd)
-            .map(|v| v.len())
-            .unwrap_or(0);
+        left_out.insert(n, missed_total);
+        let tracked = kernel.sources().map(|v| v.len()).unwrap_or(0);
+        eprintln!(
+            "bench: {missed_total} of {n} sources left out of the table (their set was full)"
+        );
         eprintln!("bench: program cost with {n} tracked sources (table holds {tracked})");
         let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
         for _ in 0..rounds {
@@ -360,5 +367,10 @@ fn run_in_private_netns(sources: &[u32], rounds: usize, repeat: u32) -> anyhow::
                 .insert(n, summarize(&samples[ci]));
         }
     }
-    Ok(CostResult { ns, repeat, rounds })
+    Ok(CostResult {
+        ns,
+        left_out,
+        repeat,
+        rounds,
+    })
 }

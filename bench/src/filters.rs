@@ -98,8 +98,8 @@ impl Filter {
     }
 }
 
-/// Source table capacity for our program: a million sources plus headroom, so the LRU does
-/// not evict measured sources.
+/// Source table capacity for our program: a million sources plus headroom (2^21 slots in
+/// 2^19 sets), so few measured sources find their set full.
 pub const OUR_CAPACITY: u32 = 1 << 20;
 /// Peers' table sizes (hashlimit's maximum is 2^20).
 const PEER_SIZE: u32 = 1 << 20;
@@ -394,7 +394,9 @@ impl Installed {
         })
     }
 
-    /// Our tracked-source count (batched read) and the source map's kernel memory (memlock).
+    /// Our tracked-source count (read through the table's shared mapping) and the source
+    /// table's kernel memory (memlock: for a `BPF_F_MMAPABLE` array, the sets rounded up to
+    /// whole pages plus one page for the map itself).
     pub fn our_table(&mut self) -> anyhow::Result<Option<(usize, u64)>> {
         let Some(k) = self.kernel.as_mut() else {
             return Ok(None);

@@ -23,7 +23,7 @@ pub struct GenCfg {
 }
 unsafe impl aya::Pod for GenCfg {}
 
-const PROGRAMS: [&str; 24] = [
+const PROGRAMS: [&str; 25] = [
     "bench_pass",
     "bench_drop",
     "bench_gen",
@@ -43,12 +43,16 @@ const PROGRAMS: [&str; 24] = [
     "cut_key4",
     "cut_all",
     "step_coarse",
-    "cut_coarse",
+    "lru_lookup",
+    "lru_charge",
     "bench_sa",
     "bench_lrug",
     "churn_sa",
     "churn_lru",
 ];
+
+/// Sets of the bench object's copy of `MON_SOURCES` (the step variants' source table).
+pub const STEP_SOURCE_SETS: u32 = 4096;
 
 pub struct Bench {
     pub ebpf: Ebpf,
@@ -59,7 +63,7 @@ impl Bench {
         // The product maps compiled into this object serve only the step variants, which
         // run one frame at a time: keep them small.
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries("MON_SOURCES", 4096)
+            .map_max_entries("MON_SOURCES", STEP_SOURCE_SETS)
             .map_max_entries("MON_AGGS", 1024)
             .map_max_entries("MON_BANS", 1024)
             .map_max_entries("CUT_SOURCES4", 4096)

@@ -819,10 +819,12 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
         if mem.ours_memlock > 0 {
             let _ = writeln!(
                 o,
-                "- This project: the source map (LRU hash, preallocated, {} slots) reports memlock {:.1} MiB \
-                 (`/proc/self/fdinfo`), holding {} sources after the warm-up: **{:.0} bytes per source** at \
-                 1,000,000 ({:.0} per slot). Key 16 B + bucket 40 B + hash/LRU node overhead.",
+                "- This project: the source table (set-associative array sized for {} sources: {} sets of \
+                 4 x 32-byte slots) reports memlock {:.1} MiB (`/proc/self/fdinfo`), holding {} sources \
+                 after the warm-up: **{:.0} bytes per source** at 1,000,000 ({:.0} per source of capacity: \
+                 two 32-byte slots, key 16 B + state 8 B + counters 8 B, no per-entry overhead).",
                 mem.ours_capacity,
+                monitor_common::table::sets_for(mem.ours_capacity.min(u32::MAX as u64) as u32),
                 mem.ours_memlock as f64 / 1048576.0,
                 mem.ours_tracked,
                 mem.ours_memlock as f64 / 1e6,

@@ -1,9 +1,10 @@
 //! Part 1b: what each step of the per-packet path costs. The bench object carries the
 //! product's own kernel modules and programs that stop after each step (`bench-ebpf`
-//! `steps.rs`): parse, then the port and configuration lookups, the clock, the key and source
-//! lookup, the GCRA step, and the whole classifier. Each is timed with BPF_PROG_TEST_RUN on the
-//! same frame, alternated within every round; the difference between neighbours is that
-//! step's cost. The prototypes of the cuts are timed in the same rounds.
+//! `steps.rs`): parse, then the port and configuration lookups, the clock, the key and its set
+//! of the source table, the charge (GCRA step), and the whole classifier. Each is timed with
+//! BPF_PROG_TEST_RUN on the same frame, alternated within every round; the difference between
+//! neighbours is that step's cost. The LRU hash design the table replaced, and the prototypes
+//! of the cuts, are timed in the same rounds.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -16,13 +17,14 @@ use monitor_common::{
     addr::AddrKey,
     config::{Config, ConfigSlots, count_mode, port_flags},
     maps::Bucket,
+    table::{SourceSet, SourceSlot, TableShape},
 };
 use serde::Serialize;
 
 use crate::{
     cost::{PORT, admit_all, refuse_all},
     frames::{self, L4},
-    progs::Bench,
+    progs::{Bench, STEP_SOURCE_SETS},
     stats::{Summary, summarize},
 };
 
@@ -37,7 +39,7 @@ struct Live {
 unsafe impl aya::Pod for Live {}
 
 /// (program, what it adds, compared with which earlier row)
-pub const STEPS: [(&str, &str, Option<&str>); 14] = [
+pub const STEPS: [(&str, &str, Option<&str>); 15] = [
     ("bench_pass", "trivial XDP_PASS", None),
     (
         "step_parse",
@@ -51,23 +53,38 @@ pub const STEPS: [(&str, &str, Option<&str>); 14] = [
     ),
     (
         "step_clock",
-        "+ clock (bpf_ktime_get_ns)",
+        "+ fine clock (bpf_ktime_get_ns)",
+        Some("step_config"),
+    ),
+    (
+        "step_coarse",
+        "+ coarse clock (the product's per-packet clock)",
         Some("step_config"),
     ),
     (
         "step_lookup",
-        "+ key mask and source lookup (16-byte key, LRU hash)",
-        Some("step_clock"),
+        "+ key mask and set probe (set-associative table, 4 ways)",
+        Some("step_coarse"),
     ),
     (
         "step_gcra",
-        "+ GCRA step (CAS) and bucket counters",
+        "+ charge the slot (coarse refusal, or fine clock + GCRA CAS)",
         Some("step_lookup"),
     ),
     (
         "step_full",
-        "full classifier (+ statistics, policy flags, event check)",
+        "full classifier (+ statistics, bans, policy flags, event check)",
         Some("step_gcra"),
+    ),
+    (
+        "lru_lookup",
+        "old design: key mask and LRU hash lookup (16-byte key)",
+        Some("step_coarse"),
+    ),
+    (
+        "lru_charge",
+        "old design: + charge the bucket (coarse refusal, or fine + CAS)",
+        Some("lru_lookup"),
     ),
     (
         "step_stats",
@@ -86,22 +103,12 @@ pub const STEPS: [(&str, &str, Option<&str>); 14] = [
     ),
     (
         "cut_key4",
-        "cut: step_gcra with a 4-byte IPv4 key",
+        "old design's cut: fine clock, 4-byte IPv4 key, LRU hash, GCRA",
         Some("step_clock"),
     ),
     (
-        "step_coarse",
-        "step_clock with the coarse clock (bpf_ktime_get_coarse_ns)",
-        Some("step_config"),
-    ),
-    (
-        "cut_coarse",
-        "cut: step_gcra, fine clock only when the coarse one cannot refuse",
-        Some("step_config"),
-    ),
-    (
         "cut_all",
-        "cut: all of the above (no lists, bans, events)",
+        "cut: stats record + config bitmap + the product's table (no lists, bans, events)",
         Some("bench_pass"),
     ),
 ];
@@ -128,15 +135,38 @@ pub fn run(bench: &mut Bench, rounds: usize, repeat: u32) -> anyhow::Result<Step
         tat_ns: u64::MAX / 4,
         ..Default::default()
     };
+    // The bench object's own copy of the product's table, placed with a fixed seed.
+    let table = TableShape {
+        seed: 0x5eed_5eed_5eed_5eed,
+        sets: STEP_SOURCE_SETS,
+        _pad: 0,
+    };
     {
         let e = &mut bench.ebpf;
         let mut ports: Array<&mut MapData, u8> =
             Array::try_from(e.map_mut("MON_PORTS").context("MON_PORTS")?)?;
         ports.set(PORT as u32, port_flags::TCP | port_flags::UDP, 0)?;
-        let mut src: HashMap<&mut MapData, AddrKey, Bucket> =
-            HashMap::try_from(e.map_mut("MON_SOURCES").context("MON_SOURCES")?)?;
-        src.insert(AddrKey::from_v4(pass_src), Bucket::default(), 0)?;
-        src.insert(AddrKey::from_v4(drop_src), far, 0)?;
+        let mut sets: BTreeMap<u32, SourceSet> = BTreeMap::new();
+        for (src, tat_ns) in [(pass_src, 1), (drop_src, far.tat_ns)] {
+            let key = AddrKey::from_v4(src);
+            let index = table.set_index(&key).context("a table with no sets")?;
+            let set = sets.entry(index).or_default();
+            let way = set.slots.iter().position(|s| s.tat_ns == 0).unwrap_or(0);
+            set.slots[way] = SourceSlot {
+                key,
+                tat_ns,
+                ..Default::default()
+            };
+        }
+        let mut src: Array<&mut MapData, SourceSet> =
+            Array::try_from(e.map_mut("MON_SOURCES").context("MON_SOURCES")?)?;
+        for (index, set) in sets {
+            src.set(index, set, 0)?;
+        }
+        let mut lru: HashMap<&mut MapData, AddrKey, Bucket> =
+            HashMap::try_from(e.map_mut("LRU_TABLE").context("LRU_TABLE")?)?;
+        lru.insert(AddrKey::from_v4(pass_src), Bucket::default(), 0)?;
+        lru.insert(AddrKey::from_v4(drop_src), far, 0)?;
         let mut s4: HashMap<&mut MapData, u32, Bucket> =
             HashMap::try_from(e.map_mut("CUT_SOURCES4").context("CUT_SOURCES4")?)?;
         s4.insert(key4(pass_src), Bucket::default(), 0)?;
@@ -146,6 +176,7 @@ pub fn run(bench: &mut Bench, rounds: usize, repeat: u32) -> anyhow::Result<Step
         let cfg = Config {
             source: if drop { refuse_all() } else { admit_all() },
             count_mode: count_mode::PACKETS,
+            table,
             ..Config::default()
         };
         let e = &mut bench.ebpf;
@@ -185,7 +216,7 @@ pub fn run(bench: &mut Bench, rounds: usize, repeat: u32) -> anyhow::Result<Step
                     .with_context(|| format!("BPF_PROG_TEST_RUN of {prog}"))?;
                 let verdict_step = matches!(
                     *prog,
-                    "step_gcra" | "step_full" | "cut_key4" | "cut_all" | "cut_coarse"
+                    "step_gcra" | "step_full" | "cut_key4" | "cut_all" | "lru_charge"
                 );
                 let expect = if *drop && verdict_step { 1 } else { 2 };
                 anyhow::ensure!(
