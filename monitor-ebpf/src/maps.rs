@@ -46,6 +46,10 @@ pub static MON_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUN
 #[map]
 pub static MON_SOURCES: Array<SourceSet> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
+/// One word per CPU that a source lookup's outcome passes through (see `sources::lookup`).
+#[map]
+pub static MON_PLACE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Entries of [`MON_EVT_SPACING`] (a power of two).
 pub const SPACING_ENTRIES: u32 = 16_384;
 

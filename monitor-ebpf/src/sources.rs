@@ -19,7 +19,7 @@ use crate::{
     atomic,
     clock::{self, Now},
     limit::{Charge, gcra},
-    maps::{MON_BANS, MON_EVT_SPACING, MON_SOURCES, SPACING_ENTRIES},
+    maps::{MON_BANS, MON_EVT_SPACING, MON_PLACE, MON_SOURCES, SPACING_ENTRIES},
 };
 
 /// Events per key are spaced at least this far apart.
@@ -31,13 +31,32 @@ pub struct Slot {
     ptr: *mut SourceSlot,
 }
 
-/// The outcome of looking a source up.
-pub enum Lookup {
-    Found(Slot),
-    /// No slot holds the key; a slot can be claimed in this set.
-    Missing(*mut SourceSet),
-    /// The config names no table (not written by a daemon yet): sources are not limited.
-    NoTable,
+/// Where a source's lookup ended: its set, and the way that holds it (or none).
+#[derive(Clone, Copy)]
+pub struct Place {
+    set: *mut SourceSet,
+    /// `0..SOURCE_WAYS`: the slot holding the key; `SOURCE_WAYS`: no slot holds it.
+    way: usize,
+}
+
+impl Place {
+    /// The source's slot, if it has one.
+    #[inline(always)]
+    pub fn slot(&self) -> Option<Slot> {
+        if self.way < SOURCE_WAYS {
+            Some(Slot {
+                ptr: unsafe { &raw mut (*self.set).slots[self.way] },
+            })
+        } else {
+            None
+        }
+    }
+
+    /// The set a new slot for the source is claimed in.
+    #[inline(always)]
+    pub fn set(&self) -> *mut SourceSet {
+        self.set
+    }
 }
 
 #[inline(always)]
@@ -47,24 +66,31 @@ fn key_equals(slot: *const SourceSlot, key: &AddrKey) -> bool {
     unsafe { core::ptr::read_volatile(words) == hi && core::ptr::read_volatile(words.add(1)) == lo }
 }
 
-/// Probes the key's set: one memory round trip for the whole set.
+/// Probes the key's set (one memory round trip for the whole set). None when the config
+/// names no table (not written by a daemon yet).
+///
+/// The result goes through this CPU's `MON_PLACE` slot and back: the verifier does not track
+/// values stored in maps, so the four "found in way i" outcomes and "missing" leave here as
+/// one state with an unknown way, instead of five states that each walk the rest of the
+/// program (which took it past its instruction budget).
 #[inline(always)]
-pub fn lookup(shape: &TableShape, key: &AddrKey) -> Lookup {
-    let Some(index) = shape.set_index(key) else {
-        return Lookup::NoTable;
-    };
-    let Some(set) = MON_SOURCES.get_ptr_mut(index) else {
-        return Lookup::NoTable;
-    };
+pub fn lookup(shape: &TableShape, key: &AddrKey) -> Option<Place> {
+    let index = shape.set_index(key)?;
+    let set = MON_SOURCES.get_ptr_mut(index)?;
     let mut way = 0;
     while way < SOURCE_WAYS {
-        let slot = unsafe { &raw mut (*set).slots[way] };
-        if key_equals(slot, key) {
-            return Lookup::Found(Slot { ptr: slot });
+        if key_equals(unsafe { &raw const (*set).slots[way] }, key) {
+            break;
         }
         way += 1;
     }
-    Lookup::Missing(set)
+    let scratch = MON_PLACE.get_ptr_mut(0)?;
+    unsafe { core::ptr::write_volatile(scratch, way as u64) };
+    let way = unsafe { core::ptr::read_volatile(scratch) } as usize;
+    Some(Place {
+        set,
+        way: if way < SOURCE_WAYS { way } else { SOURCE_WAYS },
+    })
 }
 
 impl Slot {
