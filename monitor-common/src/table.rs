@@ -19,8 +19,9 @@
 //! cannot evict it), which the kernel reads when a source has no slot.
 //!
 //! **Capacity.** [`SLOTS_PER_SOURCE`] slots per source the operator asks for
-//! (`--max-sources`): with sets of four at half load, about 3% of a full table's sources find
-//! their set full (a Poisson tail) and take the slot of a quieter neighbour.
+//! (`--max-sources`): with sets of four at half load, about 3.7% of a full table's sources
+//! find their set full (the tail of a Poisson distribution of mean 2) and take the slot of a
+//! quieter neighbour.
 //!
 //! **Claiming a slot** (a new source, or a full set): the slot with the lowest
 //! [`eviction_score`] is taken. The score is how far the slot's state runs ahead of now, its
