@@ -187,13 +187,7 @@ fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: &mut Now) -> 
     count(Stat::Requests);
     let (charge, slot) = match found {
         Some(slot) => (slot.charge(&cfg.source, now), Some(slot)),
-        None => {
-            let now = now.fine();
-            (
-                Charge::Admitted,
-                sources::admit_new(place.set(), &key, &cfg.source, now),
-            )
-        }
+        None => sources::admit_new(place.set(), &key, &cfg.source, now.fine()),
     };
 
     if charge == Charge::Refused {

@@ -63,7 +63,15 @@ pub fn stored_ban(key: &AddrKey, now: &mut Now) -> u64 {
 #[inline(always)]
 pub fn restore_ban(set: *mut SourceSet, key: &AddrKey, until_ns: u64, request: bool, now: u64) {
     let refused = request as u32;
-    let _ = sources::claim(set, key, BANNED | until_ns, refused, refused, now);
+    let _ = sources::claim(
+        set,
+        key,
+        BANNED | until_ns,
+        refused,
+        refused,
+        now,
+        u64::MAX >> 1,
+    );
 }
 
 /// Starts a ban: stores it where floods cannot evict it and puts it in the source's slot.

@@ -19,7 +19,7 @@ use crate::{
     atomic,
     clock::{self, Now},
     limit::{Charge, gcra},
-    maps::{MON_BANS, MON_EVT_SPACING, MON_PLACE, MON_SOURCES, SPACING_ENTRIES},
+    maps::{MON_BANS, MON_EVT_SPACING, MON_PAROLE, MON_PLACE, MON_SOURCES, SPACING_ENTRIES},
 };
 
 /// Events per key are spaced at least this far apart.
@@ -179,6 +179,10 @@ impl Slot {
 
 /// Takes the set's lowest-scoring slot for `key` with state `tat` and counters. Returns the
 /// slot, or None when other CPUs won every attempt (the caller fails open).
+///
+/// A victim more than `park_debt_ns` in debt (a source that sent more than one request
+/// within its tolerance: one a spoofed one-packet source never reaches) leaves its state in
+/// `MON_PAROLE`, where its next request finds it (`admit_new`).
 #[inline(always)]
 pub fn claim(
     set: *mut SourceSet,
@@ -187,6 +191,7 @@ pub fn claim(
     requests: u32,
     refused: u32,
     now: u64,
+    park_debt_ns: u64,
 ) -> Option<Slot> {
     for _attempt in 0..2 {
         let mut victim = 0usize;
@@ -209,6 +214,9 @@ pub fn claim(
         }
         let slot = unsafe { &raw mut (*set).slots[victim & (SOURCE_WAYS - 1)] };
         let tat_ptr = unsafe { &raw mut (*slot).tat_ns };
+        // Read before the swap: once it succeeds the state was unchanged since the read, so no
+        // other claim wrote the key in between.
+        let victim_key = unsafe { core::ptr::read_volatile(&raw const (*slot).key) };
         if atomic::compare_and_swap(tat_ptr, victim_tat, CLAIMING) {
             unsafe {
                 (*slot).key = *key;
@@ -216,16 +224,41 @@ pub fn claim(
                 (*slot).refused = refused;
                 core::ptr::write_volatile(tat_ptr, tat);
             }
+            // Banned and claiming slots score above every debt; `is_empty` slots score below 0.
+            if victim_score > park_debt_ns as i64 && victim_score < i64::MAX - 1 {
+                let _ = MON_PAROLE.insert(&victim_key, victim_tat, 0);
+            }
             return Some(Slot { ptr: slot });
         }
     }
     None
 }
 
-/// A new source's first request: admitted, and a slot claimed for it.
+/// A source with no slot: its state from `MON_PAROLE` if a claim parked it there, charged
+/// with this request (the GCRA step: admitted or refused), or else a fresh state that admits
+/// it. Claims a slot for it either way (None if other CPUs won every attempt).
 #[inline(always)]
-pub fn admit_new(set: *mut SourceSet, key: &AddrKey, limit: &Limit, now: u64) -> Option<Slot> {
-    claim(set, key, limit.first(now), 1, 0, now)
+pub fn admit_new(
+    set: *mut SourceSet,
+    key: &AddrKey,
+    limit: &Limit,
+    now: u64,
+) -> (Charge, Option<Slot>) {
+    let (admitted, tat) = match unsafe { MON_PAROLE.get(key) } {
+        Some(&parked) => {
+            let _ = MON_PAROLE.remove(key);
+            let step = limit.step(parked, now);
+            (step.admitted, step.tat)
+        }
+        None => (true, limit.first(now)),
+    };
+    let slot = claim(set, key, tat, 1, (!admitted) as u32, now, limit.interval_ns);
+    let charge = if admitted {
+        Charge::Admitted
+    } else {
+        Charge::Refused
+    };
+    (charge, slot)
 }
 
 /// Whether this CPU may emit an event for the source now (at most one per key per second;
