@@ -28,8 +28,8 @@
 //! debt: a source at its limit is in debt by about its tolerance, a spoofed one-packet source
 //! by one interval, decaying; an empty slot or one with no debt loses nothing when taken.
 //! Banned slots rank above every unbanned one. So a spoofed flood that fills a set takes the
-//! slots of quiet sources first, and a loud source that does lose its slot starts again with
-//! a fresh burst (the accuracy bench measures what that lets through).
+//! slots of quiet sources first; a source taken while in debt leaves its state in the kernel's
+//! `MON_PAROLE` map, which it resumes when it comes back.
 //!
 //! **Concurrency.** A claimer swaps the victim's state to [`CLAIMING`] with a
 //! compare-and-swap, writes key and counters, then stores the new state; a CPU that finds its

@@ -5,9 +5,10 @@
 //!
 //! What an off-path spoofer can do here: fill sets with addresses of its choosing. Each
 //! spoofed address takes the quietest slot of its set, so a loud real source keeps its slot
-//! unless four spoofed sources in its set are deeper in debt than it is, which needs them to
-//! send at least at the limit; a source that does lose its slot starts over with a fresh
-//! burst. A spoofer that knows the seed could aim at one set; the seed is drawn at load.
+//! unless four spoofed sources in its set are deeper in debt than it is, which needs each of
+//! them to spend about a burst; a source that does lose its slot while in debt finds its state
+//! parked in `MON_PAROLE` and resumes it. Aiming at one set needs the seed, drawn at load.
+//! docs/kernel.md ("The source table") has the bounds and the tests that show them.
 
 use monitor_common::{
     addr::AddrKey,
