@@ -22,6 +22,8 @@ pub const MAP_FLEET_HITTERS: &str = "MON_FLEET_HH";
 pub const MAP_SCRATCH: &str = "MON_SCRATCH";
 /// When each source last sent an offender event (never read by user space, never pinned).
 pub const MAP_EVENT_SPACING: &str = "MON_EVT_SPACING";
+/// Limiter states of sources evicted from the source table while in debt (never pinned).
+pub const MAP_PAROLE: &str = "MON_PAROLE";
 
 pub const MAP_STATE: &str = "MON_STATE";
 /// Only in objects built with the `test-clock` feature: the `now` the program uses, written
@@ -77,6 +79,10 @@ pub const DEFAULT_MAX_AGGREGATES: u32 = 262_144;
 /// so a flood of new sources cannot evict a ban.
 pub const MAX_BANS: u32 = 65_536;
 pub const MAX_LIST_ENTRIES: u32 = 16_384;
+/// Capacity of `MON_PAROLE`: how many evicted in-debt sources keep their state. To wash a loud
+/// source's parked state out before it returns, a flood must evict this many other in-debt
+/// sources (each sending more than one request) in that time.
+pub const MAX_PAROLE: u32 = 65_536;
 /// Ring buffer size in bytes (a power of two multiple of the page size).
 pub const EVENTS_BYTES: u32 = 1 << 20;
 /// Entries of `MON_PORTS`: one per port number.

@@ -19,16 +19,17 @@
 //! cannot evict it), which the kernel reads when a source has no slot.
 //!
 //! **Capacity.** [`SLOTS_PER_SOURCE`] slots per source the operator asks for
-//! (`--max-sources`): with sets of four at half load, about 3% of a full table's sources find
-//! their set full (a Poisson tail) and take the slot of a quieter neighbour.
+//! (`--max-sources`): with sets of four at half load, about 3.7% of a full table's sources
+//! find their set full (the tail of a Poisson distribution of mean 2) and take the slot of a
+//! quieter neighbour.
 //!
 //! **Claiming a slot** (a new source, or a full set): the slot with the lowest
 //! [`eviction_score`] is taken. The score is how far the slot's state runs ahead of now, its
 //! debt: a source at its limit is in debt by about its tolerance, a spoofed one-packet source
 //! by one interval, decaying; an empty slot or one with no debt loses nothing when taken.
 //! Banned slots rank above every unbanned one. So a spoofed flood that fills a set takes the
-//! slots of quiet sources first, and a loud source that does lose its slot starts again with
-//! a fresh burst (the accuracy bench measures what that lets through).
+//! slots of quiet sources first; a source taken while in debt leaves its state in the kernel's
+//! `MON_PAROLE` map, which it resumes when it comes back.
 //!
 //! **Concurrency.** A claimer swaps the victim's state to [`CLAIMING`] with a
 //! compare-and-swap, writes key and counters, then stores the new state; a CPU that finds its

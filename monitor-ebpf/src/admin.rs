@@ -10,10 +10,7 @@ use monitor_common::{
     maps::{SetBan, set_ban},
 };
 
-use crate::{
-    maps::MON_CONFIG,
-    sources::{self, Lookup},
-};
+use crate::{maps::MON_CONFIG, sources};
 
 #[inline(always)]
 pub fn set_ban(ctx: &XdpContext) -> u32 {
@@ -32,8 +29,8 @@ pub fn set_ban(ctx: &XdpContext) -> u32 {
     };
     let live = unsafe { core::ptr::read_volatile(&raw const (*slots).active) } & 1;
     let cfg = unsafe { &(*slots).slots[live as usize] };
-    match sources::lookup(&cfg.table, &key) {
-        Lookup::Found(slot) => {
+    match sources::lookup(&cfg.table, &key).and_then(|place| place.slot()) {
+        Some(slot) => {
             if input.until_ns != 0 {
                 slot.ban(input.until_ns);
             } else {
@@ -41,6 +38,6 @@ pub fn set_ban(ctx: &XdpContext) -> u32 {
             }
             set_ban::WRITTEN
         }
-        _ => set_ban::NO_BUCKET,
+        None => set_ban::NO_BUCKET,
     }
 }

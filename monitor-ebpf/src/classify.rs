@@ -28,7 +28,7 @@ use crate::{
     maps::{MON_AGGS, MON_CONFIG, MON_PORTS, MON_SCRATCH, count},
     parse::{IPPROTO_TCP, ParseError, Parsed, TCP_FLAG_ACK, TCP_FLAG_SYN, Transport, parse},
     policy,
-    sources::{self, Lookup, Slot},
+    sources::{self, Slot},
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -151,9 +151,14 @@ fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: &mut Now) -> 
     };
     let key = src.masked(source_mask);
 
-    let found = sources::lookup(&cfg.table, &key);
+    let Some(place) = sources::lookup(&cfg.table, &key) else {
+        // No table named in the config: user space always names one, so this is a config
+        // written by something else. Fail open.
+        return not_monitored();
+    };
+    let found = place.slot();
     match found {
-        Lookup::Found(slot) => {
+        Some(slot) => {
             if request {
                 crate::fleet::note(&key, slot.requests(), now);
             }
@@ -164,15 +169,14 @@ fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: &mut Now) -> 
                 return over_limit(cfg, Stat::DroppedBan);
             }
         }
-        Lookup::Missing(set) => {
+        None => {
             // No slot: a new source, or one a flood evicted. Its ban, if any, is in MON_BANS.
             let ban_until = policy::stored_ban(&key, now);
             if ban_until != 0 {
-                policy::restore_ban(set, &key, ban_until, request, now.earliest());
+                policy::restore_ban(place.set(), &key, ban_until, request, now.earliest());
                 return over_limit(cfg, Stat::DroppedBan);
             }
         }
-        Lookup::NoTable => {}
     }
     // One place for the connection check (after the ban checks, so a banned source's packets
     // cost no lookup): the verifier walks it once, not once per lookup outcome.
@@ -182,15 +186,8 @@ fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: &mut Now) -> 
     }
     count(Stat::Requests);
     let (charge, slot) = match found {
-        Lookup::Found(slot) => (slot.charge(&cfg.source, now), Some(slot)),
-        Lookup::Missing(set) => {
-            let now = now.fine();
-            (
-                Charge::Admitted,
-                sources::admit_new(set, &key, &cfg.source, now),
-            )
-        }
-        Lookup::NoTable => (Charge::Admitted, None),
+        Some(slot) => (slot.charge(&cfg.source, now), Some(slot)),
+        None => sources::admit_new(place.set(), &key, &cfg.source, now.fine()),
     };
 
     if charge == Charge::Refused {

@@ -10,7 +10,7 @@ use monitor_common::{
     config::ConfigSlots,
     maps::{
         Ban, Bucket, DEFAULT_MAX_AGGREGATES, EVENTS_BYTES, KernelState, ListEntry, MAX_BANS,
-        MAX_LIST_ENTRIES, PORT_SLOTS,
+        MAX_LIST_ENTRIES, MAX_PAROLE, PORT_SLOTS,
     },
     stats::STAT_COUNT,
     table::SourceSet,
@@ -45,6 +45,17 @@ pub static MON_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUN
 /// read the table through a shared mapping. Sized by user space at load.
 #[map]
 pub static MON_SOURCES: Array<SourceSet> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// The limiter state of sources a claim took the slot of while they were in debt, so that a
+/// loud source pushed out of its set by a flood resumes its state instead of a fresh burst
+/// (`sources::claim`). An LRU map: a flood of evictions ages out the oldest parked states,
+/// never anything else. Looked up only for a source with no slot. Not pinned.
+#[map]
+pub static MON_PAROLE: LruHashMap<AddrKey, u64> = LruHashMap::with_max_entries(MAX_PAROLE, 0);
+
+/// One word per CPU that a source lookup's outcome passes through (see `sources::lookup`).
+#[map]
+pub static MON_PLACE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Entries of [`MON_EVT_SPACING`] (a power of two).
 pub const SPACING_ENTRIES: u32 = 16_384;

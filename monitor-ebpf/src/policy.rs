@@ -63,7 +63,15 @@ pub fn stored_ban(key: &AddrKey, now: &mut Now) -> u64 {
 #[inline(always)]
 pub fn restore_ban(set: *mut SourceSet, key: &AddrKey, until_ns: u64, request: bool, now: u64) {
     let refused = request as u32;
-    let _ = sources::claim(set, key, BANNED | until_ns, refused, refused, now);
+    let _ = sources::claim(
+        set,
+        key,
+        BANNED | until_ns,
+        refused,
+        refused,
+        now,
+        u64::MAX >> 1,
+    );
 }
 
 /// Starts a ban: stores it where floods cannot evict it and puts it in the source's slot.
@@ -99,7 +107,8 @@ pub fn claim_event_slot(bucket: *mut Bucket, now: &mut Now, always: bool) -> boo
 
 /// Whether the current second's event budget may still have room, reading the shared state
 /// only: lets a flood that has spent the budget skip the per-key spacing check. The coarse
-/// clock's second is enough to say "maybe"; `take_event_budget` decides.
+/// clock's second is enough to say "maybe"; `take_event_budget` decides. An event ruled out
+/// here is counted as `events_suppressed`, as there.
 #[inline(always)]
 pub fn event_budget_left(cfg: &Config, now: &mut Now, ban: bool) -> bool {
     let cap = if ban {
@@ -113,7 +122,11 @@ pub fn event_budget_left(cfg: &Config, now: &mut Now, ban: bool) -> bool {
     let w = atomic::load(unsafe { &raw const (*state).event_window });
     let mask = (1u64 << EVENT_COUNT_BITS) - 1;
     // A later second than the window's (at any instant the fine clock can read) starts afresh.
-    now.latest() / NANOS_PER_SEC > w >> EVENT_COUNT_BITS || w & mask < cap
+    if now.latest() / NANOS_PER_SEC > w >> EVENT_COUNT_BITS || w & mask < cap {
+        return true;
+    }
+    count(Stat::EventsSuppressed);
+    false
 }
 
 /// Takes one event from the global budget of the current second (`Config::events_per_sec`).

@@ -5,9 +5,10 @@
 //!
 //! What an off-path spoofer can do here: fill sets with addresses of its choosing. Each
 //! spoofed address takes the quietest slot of its set, so a loud real source keeps its slot
-//! unless four spoofed sources in its set are deeper in debt than it is, which needs them to
-//! send at least at the limit; a source that does lose its slot starts over with a fresh
-//! burst. A spoofer that knows the seed could aim at one set; the seed is drawn at load.
+//! unless four spoofed sources in its set are deeper in debt than it is, which needs each of
+//! them to spend about a burst; a source that does lose its slot while in debt finds its state
+//! parked in `MON_PAROLE` and resumes it. Aiming at one set needs the seed, drawn at load.
+//! docs/kernel.md ("The source table") has the bounds and the tests that show them.
 
 use monitor_common::{
     addr::AddrKey,
@@ -19,7 +20,7 @@ use crate::{
     atomic,
     clock::{self, Now},
     limit::{Charge, gcra},
-    maps::{MON_BANS, MON_EVT_SPACING, MON_SOURCES, SPACING_ENTRIES},
+    maps::{MON_BANS, MON_EVT_SPACING, MON_PAROLE, MON_PLACE, MON_SOURCES, SPACING_ENTRIES},
 };
 
 /// Events per key are spaced at least this far apart.
@@ -31,13 +32,32 @@ pub struct Slot {
     ptr: *mut SourceSlot,
 }
 
-/// The outcome of looking a source up.
-pub enum Lookup {
-    Found(Slot),
-    /// No slot holds the key; a slot can be claimed in this set.
-    Missing(*mut SourceSet),
-    /// The config names no table (not written by a daemon yet): sources are not limited.
-    NoTable,
+/// Where a source's lookup ended: its set, and the way that holds it (or none).
+#[derive(Clone, Copy)]
+pub struct Place {
+    set: *mut SourceSet,
+    /// `0..SOURCE_WAYS`: the slot holding the key; `SOURCE_WAYS`: no slot holds it.
+    way: usize,
+}
+
+impl Place {
+    /// The source's slot, if it has one.
+    #[inline(always)]
+    pub fn slot(&self) -> Option<Slot> {
+        if self.way < SOURCE_WAYS {
+            Some(Slot {
+                ptr: unsafe { &raw mut (*self.set).slots[self.way] },
+            })
+        } else {
+            None
+        }
+    }
+
+    /// The set a new slot for the source is claimed in.
+    #[inline(always)]
+    pub fn set(&self) -> *mut SourceSet {
+        self.set
+    }
 }
 
 #[inline(always)]
@@ -47,24 +67,31 @@ fn key_equals(slot: *const SourceSlot, key: &AddrKey) -> bool {
     unsafe { core::ptr::read_volatile(words) == hi && core::ptr::read_volatile(words.add(1)) == lo }
 }
 
-/// Probes the key's set: one memory round trip for the whole set.
+/// Probes the key's set (one memory round trip for the whole set). None when the config
+/// names no table (not written by a daemon yet).
+///
+/// The result goes through this CPU's `MON_PLACE` slot and back: the verifier does not track
+/// values stored in maps, so the four "found in way i" outcomes and "missing" leave here as
+/// one state with an unknown way, instead of five states that each walk the rest of the
+/// program (which took it past its instruction budget).
 #[inline(always)]
-pub fn lookup(shape: &TableShape, key: &AddrKey) -> Lookup {
-    let Some(index) = shape.set_index(key) else {
-        return Lookup::NoTable;
-    };
-    let Some(set) = MON_SOURCES.get_ptr_mut(index) else {
-        return Lookup::NoTable;
-    };
+pub fn lookup(shape: &TableShape, key: &AddrKey) -> Option<Place> {
+    let index = shape.set_index(key)?;
+    let set = MON_SOURCES.get_ptr_mut(index)?;
     let mut way = 0;
     while way < SOURCE_WAYS {
-        let slot = unsafe { &raw mut (*set).slots[way] };
-        if key_equals(slot, key) {
-            return Lookup::Found(Slot { ptr: slot });
+        if key_equals(unsafe { &raw const (*set).slots[way] }, key) {
+            break;
         }
         way += 1;
     }
-    Lookup::Missing(set)
+    let scratch = MON_PLACE.get_ptr_mut(0)?;
+    unsafe { core::ptr::write_volatile(scratch, way as u64) };
+    let way = unsafe { core::ptr::read_volatile(scratch) } as usize;
+    Some(Place {
+        set,
+        way: if way < SOURCE_WAYS { way } else { SOURCE_WAYS },
+    })
 }
 
 impl Slot {
@@ -153,6 +180,10 @@ impl Slot {
 
 /// Takes the set's lowest-scoring slot for `key` with state `tat` and counters. Returns the
 /// slot, or None when other CPUs won every attempt (the caller fails open).
+///
+/// A victim more than `park_debt_ns` in debt (a source that sent more than one request
+/// within its tolerance: one a spoofed one-packet source never reaches) leaves its state in
+/// `MON_PAROLE`, where its next request finds it (`admit_new`).
 #[inline(always)]
 pub fn claim(
     set: *mut SourceSet,
@@ -161,6 +192,7 @@ pub fn claim(
     requests: u32,
     refused: u32,
     now: u64,
+    park_debt_ns: u64,
 ) -> Option<Slot> {
     for _attempt in 0..2 {
         let mut victim = 0usize;
@@ -183,6 +215,9 @@ pub fn claim(
         }
         let slot = unsafe { &raw mut (*set).slots[victim & (SOURCE_WAYS - 1)] };
         let tat_ptr = unsafe { &raw mut (*slot).tat_ns };
+        // Read before the swap: once it succeeds the state was unchanged since the read, so no
+        // other claim wrote the key in between.
+        let victim_key = unsafe { core::ptr::read_volatile(&raw const (*slot).key) };
         if atomic::compare_and_swap(tat_ptr, victim_tat, CLAIMING) {
             unsafe {
                 (*slot).key = *key;
@@ -190,16 +225,41 @@ pub fn claim(
                 (*slot).refused = refused;
                 core::ptr::write_volatile(tat_ptr, tat);
             }
+            // Banned and claiming slots score above every debt; `is_empty` slots score below 0.
+            if victim_score > park_debt_ns as i64 && victim_score < i64::MAX - 1 {
+                let _ = MON_PAROLE.insert(&victim_key, victim_tat, 0);
+            }
             return Some(Slot { ptr: slot });
         }
     }
     None
 }
 
-/// A new source's first request: admitted, and a slot claimed for it.
+/// A source with no slot: its state from `MON_PAROLE` if a claim parked it there, charged
+/// with this request (the GCRA step: admitted or refused), or else a fresh state that admits
+/// it. Claims a slot for it either way (None if other CPUs won every attempt).
 #[inline(always)]
-pub fn admit_new(set: *mut SourceSet, key: &AddrKey, limit: &Limit, now: u64) -> Option<Slot> {
-    claim(set, key, limit.first(now), 1, 0, now)
+pub fn admit_new(
+    set: *mut SourceSet,
+    key: &AddrKey,
+    limit: &Limit,
+    now: u64,
+) -> (Charge, Option<Slot>) {
+    let (admitted, tat) = match unsafe { MON_PAROLE.get(key) } {
+        Some(&parked) => {
+            let _ = MON_PAROLE.remove(key);
+            let step = limit.step(parked, now);
+            (step.admitted, step.tat)
+        }
+        None => (true, limit.first(now)),
+    };
+    let slot = claim(set, key, tat, 1, (!admitted) as u32, now, limit.interval_ns);
+    let charge = if admitted {
+        Charge::Admitted
+    } else {
+        Charge::Refused
+    };
+    (charge, slot)
 }
 
 /// Whether this CPU may emit an event for the source now (at most one per key per second;

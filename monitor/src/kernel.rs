@@ -1053,13 +1053,13 @@ mod tests {
         let line = pin_mismatch(
             MAP_SOURCES,
             path,
-            (9, 16, 40, 1_000_000),
-            (9, 16, 40, 2_000_000),
+            (2, 4, 128, sets_for(1_000_000)),
+            (2, 4, 128, sets_for(2_000_000)),
         )
         .unwrap();
         assert!(
             line.starts_with(
-                "MON_SOURCES pinned with 2000000 entries, this run wants 1000000: \
+                "MON_SOURCES pinned with room for 2000000 sources, this run wants 1000000: \
                  restart with --max-sources 2000000, or stop the program and remove \
                  /sys/fs/bpf/monitor"
             ),

@@ -7,4 +7,5 @@ pub mod fleet;
 pub mod frames;
 pub mod harness;
 pub mod netns;
+pub mod table;
 pub mod traffic;

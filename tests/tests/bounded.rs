@@ -289,10 +289,18 @@ fn a_config_write_never_touches_the_slot_packets_are_reading() {
         })
         .collect();
     let mut k = Loaded::new(configs[0]);
-    let mut previous = configs[0];
+    let mut previous = Config {
+        table: k.kernel.table_shape(),
+        ..configs[0]
+    };
     for config in &configs[1..] {
         let before = raw_slots(&mut k);
         k.kernel.set_config(config).unwrap();
+        // The writer puts the source table's shape into every config it writes.
+        let config = &Config {
+            table: k.kernel.table_shape(),
+            ..*config
+        };
         let after = raw_slots(&mut k);
         assert_ne!(after.active & 1, before.active & 1, "the index flipped");
         assert_eq!(after.live(), config, "the new config is live");

@@ -4,18 +4,14 @@
 //! bounded number of rows per sample. Every source's refusals are booked exactly once, as a
 //! row or as folded.
 
-use std::{
-    collections::HashSet,
-    os::fd::{AsFd as _, AsRawFd as _},
-    time::Duration,
-};
+use std::{collections::HashSet, time::Duration};
 
-use aya::maps::MapData;
 use monitor::daemon::sampler::MAX_SIGHTINGS;
-use monitor_common::{addr::AddrKey, maps::Bucket};
+use monitor_common::{addr::AddrKey, table::SourceSlot};
 use tests::{
     daemon::{Daemon, Paths, eventually},
     netns::Link,
+    table::fill_pinned_sources,
 };
 
 const SOURCES: u32 = 5_000;
@@ -32,19 +28,20 @@ fn a_flood_writes_the_worst_offenders_and_counts_the_rest() {
 
     // Sources over their limit, as a flood leaves them: source i refused i + 1 requests, so
     // the worst offenders are the highest indices.
-    let entries: Vec<(AddrKey, Bucket)> = (0..SOURCES)
+    let entries: Vec<(AddrKey, SourceSlot)> = (0..SOURCES)
         .map(|i| {
-            let refused = u64::from(i) + 1;
-            let bucket = Bucket {
+            let refused = i + 1;
+            let slot = SourceSlot {
                 requests: refused + 10,
                 refused,
-                ..Bucket::default()
+                tat_ns: 1,
+                ..SourceSlot::default()
             };
-            (AddrKey::from_v4(address(i)), bucket)
+            (AddrKey::from_v4(address(i)), slot)
         })
         .collect();
-    let table = MapData::from_pin(paths.pin.join("MON_SOURCES")).expect("open pinned table");
-    monitor::batch::write_all(table.fd().as_fd().as_raw_fd(), &entries).expect("fill the table");
+    // 5,000 sources in a table sized for the default million: no set is full.
+    assert_eq!(fill_pinned_sources(&paths.pin, &entries), 0);
 
     // Read the database itself (as `offenders` would, without its 1,000-row cap).
     let history_rows = || {

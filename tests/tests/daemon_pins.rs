@@ -50,7 +50,7 @@ fn a_persisted_table_of_another_capacity_is_refused_with_the_fix() {
     assert_ne!(code, Some(0), "a mismatched table was adopted: {stderr}");
     let line = stderr
         .lines()
-        .find(|l| l.contains("MON_SOURCES pinned with 4096 entries, this run wants 8192"))
+        .find(|l| l.contains("MON_SOURCES pinned with room for 4096 sources, this run wants 8192"))
         .unwrap_or_else(|| panic!("no line naming the map and the difference: {stderr}"));
     assert!(
         line.contains("restart with --max-sources 4096")

@@ -99,17 +99,19 @@ fn a_million_tracked_sources_load_fill_and_read_back() {
     assert_eq!(k.stat(Stat::Requests), SOURCES as u64);
 
     let started = Instant::now();
-    let entries = k.kernel.sources().expect("batched read of MON_SOURCES");
+    let entries = k.kernel.sources().expect("read MON_SOURCES");
     let read = started.elapsed();
     println!(
-        "batched read of MON_SOURCES returned {} entries in {:.1} ms",
+        "read of MON_SOURCES (shared mapping) returned {} entries in {:.1} ms",
         entries.len(),
         read.as_secs_f64() * 1e3
     );
-    // The LRU table evicts a little before it is completely full (it keeps per-CPU free
-    // lists), so allow a 1% shortfall; every entry must be one of ours, seen once.
+    // A set-associative table sized for exactly this many sources has two slots each, in
+    // sets of four: the sets that drew more than four sources (a Poisson tail, about 3.7% of
+    // the sources) keep four of them, so allow a 5% shortfall; every entry must be one of
+    // ours, seen once.
     assert!(
-        entries.len() as u64 >= SOURCES as u64 * 99 / 100,
+        entries.len() as u64 >= SOURCES as u64 * 95 / 100,
         "only {} of {SOURCES} sources tracked",
         entries.len()
     );

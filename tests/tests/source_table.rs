@@ -1,0 +1,144 @@
+//! The set-associative source table under an attacker who fills one set (`monitor_common::table`):
+//! which slot a new source takes, what a loud source keeps, and that it loses nothing when it
+//! does lose its slot. The spoofed addresses are chosen to land in the loud source's own set, which
+//! an attacker could do only by knowing the table's seed; the tests fix the seed, so they can.
+//!
+//! Time is the `test-clock` object's: every arrival is exact, and the loud source's verdicts
+//! are compared with the user-space twin of the limiter (`monitor::limit::Twin`).
+
+use monitor::limit::Twin;
+use monitor_common::{
+    addr::AddrKey,
+    config::{Config, count_mode},
+    rate::{Limit, NANOS_PER_SEC},
+    table::SOURCE_WAYS,
+};
+use tests::{frames::Frame, harness::*};
+
+const T0: u64 = 1_000 * NANOS_PER_SEC;
+const MS: u64 = 1_000_000;
+const LOUD: &str = "198.51.100.7";
+
+fn config() -> Config {
+    Config {
+        // 10 a second, burst 10.
+        source: Limit::new(10, NANOS_PER_SEC, 10).unwrap(),
+        // Every packet is a request: spoofed datagrams need no connection.
+        count_mode: count_mode::PACKETS,
+        ..Config::default()
+    }
+}
+
+/// `n` IPv4 addresses (outside the loud source's /24) that share the loud source's set.
+fn same_set(k: &Loaded, n: usize) -> Vec<String> {
+    let shape = k.kernel.table_shape();
+    let loud_set = shape.set_index(&source_key(LOUD, &k.config()));
+    (0..u32::MAX)
+        .map(|i| std::net::Ipv4Addr::from(0x0a00_0000 + i))
+        .filter(|a| shape.set_index(&AddrKey::from_v4(a.octets())) == loud_set)
+        .take(n)
+        .map(|a| a.to_string())
+        .collect()
+}
+
+/// A one-packet-per-address spoofed flood aimed at the loud source's set never takes its
+/// slot: each new spoofed source takes the quietest slot, and a source at its limit is deeper
+/// in debt than any one-packet source. So the loud source is limited exactly as the twin says,
+/// through 400 spoofed sources in its own four-slot set.
+#[test]
+fn a_spoofed_flood_into_a_loud_sources_set_takes_the_quiet_slots_first() {
+    let mut k = Loaded::clocked(config(), T0);
+    let spoofed = same_set(&k, 400);
+    let loud = Frame::udp(LOUD, LOOKUP_PORT, b"lookup").build();
+    let loud_key = source_key(LOUD, &k.config());
+    let mut twin = Twin::new(
+        config().source,
+        config().v4_source_mask,
+        config().v6_source_mask,
+    );
+    let (mut admitted, mut refused) = (0, 0);
+    // The loud source sends 40 a second (four times its limit) for 10 s; between each two of
+    // its packets a new spoofed address sends one.
+    for i in 0..400u64 {
+        let now = T0 + i * 25 * MS;
+        let verdict = k.run_at(Hook::Xdp, &loud, now);
+        let expected = twin.request(&loud_key, now);
+        assert_eq!(verdict == Verdict::Pass, expected, "loud packet {i}");
+        if expected {
+            admitted += 1;
+        } else {
+            refused += 1;
+        }
+        let forged = Frame::udp(&spoofed[i as usize], LOOKUP_PORT, b"lookup").build();
+        assert_eq!(k.run_at(Hook::Tc, &forged, now + MS), Verdict::Pass);
+    }
+    // Burst 10, then 10 a second: about 10 + 10 × 10.
+    assert!((105..=112).contains(&admitted), "admitted {admitted}");
+    let slot = k
+        .kernel
+        .source(&loud_key)
+        .unwrap()
+        .expect("the loud source kept its slot");
+    assert_eq!((slot.requests, slot.refused), (400, refused));
+    // The set holds the loud source and the three most recent spoofed ones.
+    let tracked: Vec<AddrKey> = spoofed
+        .iter()
+        .map(|s| source_key(s, &k.config()))
+        .filter(|key| k.kernel.source(key).unwrap().is_some())
+        .collect();
+    assert_eq!(tracked.len(), SOURCE_WAYS - 1);
+}
+
+/// The worst case, stated in docs/kernel.md: spoofed sources that each spend a whole burst are
+/// deeper in debt than a source at its limit, so they can take its slot. Here an attacker who
+/// knows the seed sends a full burst from a new address in the loud source's set after each
+/// of the loud source's requests (11 packets per loud request), which takes its slot before
+/// almost every request. The evicted state waits in `MON_PAROLE` and the loud source resumes
+/// it, so it is admitted exactly what its limit allows, as if it had never lost the slot.
+#[test]
+fn a_loud_source_that_loses_its_slot_resumes_its_state() {
+    let mut k = Loaded::clocked(config(), T0);
+    let spoofed: Vec<Vec<u8>> = same_set(&k, 40)
+        .iter()
+        .map(|s| Frame::udp(s, LOOKUP_PORT, b"lookup").build())
+        .collect();
+    let loud = Frame::udp(LOUD, LOOKUP_PORT, b"lookup").build();
+    let loud_key = source_key(LOUD, &k.config());
+    let mut twin = Twin::new(
+        config().source,
+        config().v4_source_mask,
+        config().v6_source_mask,
+    );
+    let (mut admitted, mut allowed, mut evictions) = (0u64, 0u64, 0u64);
+    for second in 0..10u64 {
+        // The loud source: 40 requests spread over the second.
+        for i in 0..40u64 {
+            let now = T0 + second * NANOS_PER_SEC + i * 25 * MS;
+            if k.kernel.source(&loud_key).unwrap().is_none() && (second, i) != (0, 0) {
+                evictions += 1;
+            }
+            if k.run_at(Hook::Xdp, &loud, now) == Verdict::Pass {
+                admitted += 1;
+            }
+            if twin.request(&loud_key, now) {
+                allowed += 1;
+            }
+            // After each, the next spoofed address spends a full burst (11 packets).
+            let forged = &spoofed[((second * 40 + i) % 40) as usize];
+            for _ in 0..11 {
+                k.run_at(Hook::Tc, forged, now + MS);
+            }
+        }
+    }
+    println!(
+        "loud source: {admitted} admitted, {allowed} allowed by its limit, {evictions} evictions"
+    );
+    assert!(
+        evictions > 100,
+        "the flood took the loud source's slot only {evictions} times"
+    );
+    assert_eq!(
+        admitted, allowed,
+        "a lost slot changed what the limit lets through"
+    );
+}
