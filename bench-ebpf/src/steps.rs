@@ -33,7 +33,7 @@ use crate::{
     limit::{Charge, charge_bucket},
     maps::{MON_CONFIG, MON_PORTS, count},
     parse::{IPPROTO_TCP, Parsed, Transport, parse},
-    sources::{self, Lookup},
+    sources,
     table::{LRU_TABLE, charge_source},
 };
 
@@ -109,22 +109,22 @@ pub fn step_clock(ctx: XdpContext) -> u32 {
 
 /// The product's charge of one request on its source table: the slot found is charged
 /// (`Slot::charge`: refused on the coarse clock when it cannot fit at any instant the fine
-/// clock can read, else the GCRA step on the fine clock), a new source is admitted into a
-/// claimed slot (`admit_new`).
+/// clock can read, else the GCRA step on the fine clock); a source with no slot is charged on
+/// its parked state or admitted, and claims a slot (`admit_new`).
 #[inline(always)]
 fn charge_table(cfg: &Config, key: &AddrKey, now: &mut Now) -> u32 {
-    match sources::lookup(&cfg.table, key) {
-        Lookup::Found(slot) => verdict(slot.charge(&cfg.source, now)),
-        Lookup::Missing(set) => match sources::admit_new(set, key, &cfg.source, now.fine()) {
-            Some(_) => PASS,
-            None => ABORT,
-        },
-        Lookup::NoTable => ABORT,
+    let Some(place) = sources::lookup(&cfg.table, key) else {
+        return ABORT;
+    };
+    match place.slot() {
+        Some(slot) => verdict(slot.charge(&cfg.source, now)),
+        None => verdict(sources::admit_new(place.set(), key, &cfg.source, now.fine()).0),
     }
 }
 
 /// Step 4: step_coarse + masking the key and probing its set of the source table
-/// (`sources::lookup`: keyed hash, one array lookup, four 16-byte compares). The product reads
+/// (`sources::lookup`: keyed hash, one array lookup, four 16-byte compares, and the way passed
+/// through the per-CPU `MON_PLACE` word for the verifier). The product reads
 /// the coarse clock (`Now::read`) before the lookup, so this builds on `step_coarse`.
 #[xdp]
 pub fn step_lookup(ctx: XdpContext) -> u32 {
@@ -136,8 +136,8 @@ pub fn step_lookup(ctx: XdpContext) -> u32 {
     };
     let now = Now::read();
     let key = pkt.src.masked(&cfg.v4_source_mask);
-    match sources::lookup(&cfg.table, &key) {
-        Lookup::Found(slot) if slot.requests() as u64 != now.earliest() => PASS,
+    match sources::lookup(&cfg.table, &key).and_then(|place| place.slot()) {
+        Some(slot) if slot.requests() as u64 != now.earliest() => PASS,
         _ => ABORT,
     }
 }
