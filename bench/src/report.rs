@@ -577,12 +577,19 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
         let _ = writeln!(
             o,
             "ns per packet as the kernel reports it for `repeat` = {} runs of one frame, {} rounds, cases \
-             alternated within each round. The table is pre-filled (batched map updates) with that many \
-             tracked sources; the measured sources are among them. Pass cases use a limit that always \
-             admits; drop cases a source whose bucket is an hour ahead under a one-per-hour limit. The \
-             trivial programs are in the same run. Note: one frame repeated keeps its bucket in cache, so \
+             alternated within each round. The source table (sized for that many sources) is pre-filled \
+             (`Kernel::write_sources`, whole sets in batched updates) with that many sources, the measured \
+             ones first; sources whose set was already full are left out ({}). Pass cases use a limit that \
+             always admits; drop cases a source whose state is an hour ahead under a one-per-hour limit. The \
+             trivial programs are in the same run. Note: one frame repeated keeps its slot in cache, so \
              these figures do not show the table's cache misses; part 2 does.\n",
-            c.repeat, c.rounds
+            c.repeat,
+            c.rounds,
+            c.left_out
+                .iter()
+                .map(|(n, out)| format!("{out} of {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         let ns: Vec<u32> =
             c.ns.values()
@@ -627,7 +634,8 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
         let _ = writeln!(
             o,
             "The bench object compiles the product's own kernel modules (monitor-ebpf's parse, \
-             maps, limit, policy and classify) and programs that stop after each step; ns per packet \
+             maps, sources, limit, policy and classify) and programs that stop after each step, on the \
+             product's set-associative source table; `lru_*` rows run the LRU hash design it replaced; ns per packet \
              for `repeat` = {} runs of one IPv4 UDP frame, {} rounds, alternated within each round; \
              *pass*: a tracked source under a limit that always admits, *drop*: one an hour over a \
              one-per-hour limit. *Step* = this row's pass figure less the row it builds on. One frame \
