@@ -108,7 +108,7 @@ impl TableShape {
         }
         let h = key_hash(key, self.seed);
         // Multiply-shift maps the hash's high half onto any number of sets without a modulo.
-        Some(((h >> 32) * self.sets as u64 >> 32) as u32)
+        Some((((h >> 32) * self.sets as u64) >> 32) as u32)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The periodic sample behind `monitor top`, the tracked-source metrics and the history's
-//! drop counts: read the source and aggregate tables in chunks (through their own map
-//! handles, holding no lock the control handlers need), compute each key's request rate from
+//! drop counts: read the source table (through its shared mapping) and the aggregate table
+//! (batched lookups on its own handle) in chunks, holding no lock the control handlers need, compute each key's request rate from
 //! the change in its `requests` counter, and keep the busiest keys ready to serve.
 //!
 //! A sample must never stall the data plane. On an API host the daemon shares its cores with
@@ -38,8 +38,9 @@ use crate::{cidr::Cidr, clock, history::Sighting, kernel::TableReader, timefmt};
 
 /// The shortest time between the starts of two samples.
 pub const INTERVAL: Duration = Duration::from_secs(1);
-/// Entries read per system call. Small enough that one chunk (read and processed) is under a
-/// millisecond of CPU here, large enough that no hash bucket overflows it.
+/// Entries read per chunk (one system call for the aggregate table; whole sets of the mapped
+/// source table). Small enough that one chunk (read and processed) is under a millisecond of
+/// CPU here, large enough that no hash bucket overflows it.
 pub const CHUNK: usize = 1024;
 /// The share of one core a sample may use while it runs (busy time over the time it runs), by
 /// default (`--sample-cpu`).
