@@ -173,7 +173,7 @@ fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: &mut Now) -> 
             // No slot: a new source, or one a flood evicted. Its ban, if any, is in MON_BANS.
             let ban_until = policy::stored_ban(&key, now);
             if ban_until != 0 {
-                policy::restore_ban(place.set(), &key, ban_until, request, now.earliest());
+                policy::restore_ban(&place, &key, ban_until, request, now.earliest());
                 return over_limit(cfg, Stat::DroppedBan);
             }
         }
@@ -187,7 +187,7 @@ fn decide<F: Frame>(frame: &F, pkt: &Transport, cfg: &Config, now: &mut Now) -> 
     count(Stat::Requests);
     let (charge, slot) = match found {
         Some(slot) => (slot.charge(&cfg.source, now), Some(slot)),
-        None => sources::admit_new(place.set(), &key, &cfg.source, now.fine()),
+        None => sources::admit_new(&place, &key, &cfg.source, now.fine()),
     };
 
     if charge == Charge::Refused {

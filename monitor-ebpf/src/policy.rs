@@ -9,14 +9,14 @@ use monitor_common::{
     maps::{Ban, Bucket, EVENT_COUNT_BITS, LOG_SPACING_NS, ListEntry},
     rate::NANOS_PER_SEC,
     stats::Stat,
-    table::{BANNED, SourceSet},
+    table::BANNED,
 };
 
 use crate::{
     atomic,
     clock::Now,
     maps::{MON_ALLOW, MON_BANS, MON_DENY, MON_EVENTS, MON_STATE, count},
-    sources::{self, Slot},
+    sources::{self, Place, Slot},
 };
 
 /// CAS attempts on the shared budget state before the event or record is withheld.
@@ -61,10 +61,10 @@ pub fn stored_ban(key: &AddrKey, now: &mut Now) -> u64 {
 /// so its next packets cost one probe. The packet in hand is refused, so it is counted as
 /// refused if it is a request and charged to nothing: banned traffic never spends budget.
 #[inline(always)]
-pub fn restore_ban(set: *mut SourceSet, key: &AddrKey, until_ns: u64, request: bool, now: u64) {
+pub fn restore_ban(place: &Place, key: &AddrKey, until_ns: u64, request: bool, now: u64) {
     let refused = request as u32;
     let _ = sources::claim(
-        set,
+        place,
         key,
         BANNED | until_ns,
         refused,

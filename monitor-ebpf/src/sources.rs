@@ -32,31 +32,41 @@ pub struct Slot {
     ptr: *mut SourceSlot,
 }
 
-/// Where a source's lookup ended: its set, and the way that holds it (or none).
+/// Where a source's lookup ended: its two sets (by index), and the slot that holds it (or
+/// none). Plain numbers, so that every outcome of the lookup is one verifier state.
 #[derive(Clone, Copy)]
 pub struct Place {
-    set: *mut SourceSet,
-    /// `0..SOURCE_WAYS`: the slot holding the key; `SOURCE_WAYS`: no slot holds it.
-    way: usize,
+    sets: [u32; 2],
+    /// `0..2 * SOURCE_WAYS`: the slot holding the key (the first set's ways, then the
+    /// second's); `2 * SOURCE_WAYS`: no slot holds it.
+    slot: u32,
 }
+
+/// Slots of a source's two sets.
+const CANDIDATES: usize = 2 * SOURCE_WAYS;
 
 impl Place {
     /// The source's slot, if it has one.
     #[inline(always)]
     pub fn slot(&self) -> Option<Slot> {
-        if self.way < SOURCE_WAYS {
-            Some(Slot {
-                ptr: unsafe { &raw mut (*self.set).slots[self.way] },
-            })
-        } else {
-            None
+        if self.slot as usize >= CANDIDATES {
+            return None;
         }
+        Some(Slot {
+            ptr: self.candidate(self.slot as usize)?,
+        })
     }
 
-    /// The set a new slot for the source is claimed in.
+    /// Candidate slot `i` (`0..CANDIDATES`) of the source's two sets.
     #[inline(always)]
-    pub fn set(&self) -> *mut SourceSet {
-        self.set
+    fn candidate(&self, i: usize) -> Option<*mut SourceSlot> {
+        let index = if i < SOURCE_WAYS {
+            self.sets[0]
+        } else {
+            self.sets[1]
+        };
+        let set = MON_SOURCES.get_ptr_mut(index)?;
+        Some(unsafe { &raw mut (*set).slots[i & (SOURCE_WAYS - 1)] })
     }
 }
 
@@ -67,17 +77,9 @@ fn key_equals(slot: *const SourceSlot, key: &AddrKey) -> bool {
     unsafe { core::ptr::read_volatile(words) == hi && core::ptr::read_volatile(words.add(1)) == lo }
 }
 
-/// Probes the key's set (one memory round trip for the whole set). None when the config
-/// names no table (not written by a daemon yet).
-///
-/// The result goes through this CPU's `MON_PLACE` slot and back: the verifier does not track
-/// values stored in maps, so the four "found in way i" outcomes and "missing" leave here as
-/// one state with an unknown way, instead of five states that each walk the rest of the
-/// program (which took it past its instruction budget).
+/// The way of `set` that holds `key`, or `SOURCE_WAYS`.
 #[inline(always)]
-pub fn lookup(shape: &TableShape, key: &AddrKey) -> Option<Place> {
-    let index = shape.set_index(key)?;
-    let set = MON_SOURCES.get_ptr_mut(index)?;
+fn find_way(set: *const SourceSet, key: &AddrKey) -> usize {
     let mut way = 0;
     while way < SOURCE_WAYS {
         if key_equals(unsafe { &raw const (*set).slots[way] }, key) {
@@ -85,12 +87,30 @@ pub fn lookup(shape: &TableShape, key: &AddrKey) -> Option<Place> {
         }
         way += 1;
     }
+    way
+}
+
+/// Probes the key's first set, and its second only when the first does not hold it: one
+/// memory round trip for most sources, two for the rest and for new ones. None when the config
+/// names no table (not written by a daemon yet).
+///
+/// The result goes through this CPU's `MON_PLACE` slot and back: the verifier does not track
+/// values stored in maps, so the eight "found in slot i" outcomes and "missing" leave here as
+/// one state with an unknown slot, instead of nine states that each walk the rest of the
+/// program (which took it past its instruction budget).
+#[inline(always)]
+pub fn lookup(shape: &TableShape, key: &AddrKey) -> Option<Place> {
+    let sets = shape.sets_of(key)?;
+    let mut slot = find_way(MON_SOURCES.get_ptr(sets[0])?, key);
+    if slot == SOURCE_WAYS {
+        slot += find_way(MON_SOURCES.get_ptr(sets[1])?, key);
+    }
     let scratch = MON_PLACE.get_ptr_mut(0)?;
-    unsafe { core::ptr::write_volatile(scratch, way as u64) };
-    let way = unsafe { core::ptr::read_volatile(scratch) } as usize;
+    unsafe { core::ptr::write_volatile(scratch, slot as u64) };
+    let slot = unsafe { core::ptr::read_volatile(scratch) } as usize;
     Some(Place {
-        set,
-        way: if way < SOURCE_WAYS { way } else { SOURCE_WAYS },
+        sets,
+        slot: if slot < CANDIDATES { slot } else { CANDIDATES } as u32,
     })
 }
 
@@ -178,15 +198,16 @@ impl Slot {
     }
 }
 
-/// Takes the set's lowest-scoring slot for `key` with state `tat` and counters. Returns the
-/// slot, or None when other CPUs won every attempt (the caller fails open).
+/// Takes the lowest-scoring slot of the source's two sets (the first set's on a tie) for `key`
+/// with state `tat` and counters. Returns the slot, or None when other CPUs won every attempt
+/// (the caller fails open).
 ///
-/// A victim more than `park_debt_ns` in debt (a source that sent more than one request
-/// within its tolerance: one a spoofed one-packet source never reaches) leaves its state in
-/// `MON_PAROLE`, where its next request finds it (`admit_new`).
+/// A victim that is in debt and has been refused, or is more than `park_debt_ns` in debt (it
+/// sent more than one request within its tolerance), leaves its state in `MON_PAROLE`, where
+/// its next request finds it (`admit_new`). A spoofed one-packet source is neither.
 #[inline(always)]
 pub fn claim(
-    set: *mut SourceSet,
+    place: &Place,
     key: &AddrKey,
     tat: u64,
     requests: u32,
@@ -198,26 +219,29 @@ pub fn claim(
         let mut victim = 0usize;
         let mut victim_tat = 0u64;
         let mut victim_score = i64::MAX;
-        let mut way = 0;
-        while way < SOURCE_WAYS {
-            let slot = unsafe { &raw mut (*set).slots[way] };
-            let slot_tat = atomic::load(unsafe { &raw const (*slot).tat_ns });
+        let mut i = 0;
+        while i < CANDIDATES {
+            let Some(candidate) = place.candidate(i) else {
+                return None;
+            };
+            let slot_tat = atomic::load(unsafe { &raw const (*candidate).tat_ns });
             let score = eviction_score(slot_tat, now);
             if score < victim_score {
-                victim = way;
+                victim = i;
                 victim_tat = slot_tat;
                 victim_score = score;
             }
-            way += 1;
+            i += 1;
         }
         if victim_score == i64::MAX {
             return None;
         }
-        let slot = unsafe { &raw mut (*set).slots[victim & (SOURCE_WAYS - 1)] };
+        let slot = place.candidate(victim & (CANDIDATES - 1))?;
         let tat_ptr = unsafe { &raw mut (*slot).tat_ns };
         // Read before the swap: once it succeeds the state was unchanged since the read, so no
-        // other claim wrote the key in between.
+        // other claim wrote the key or counters in between.
         let victim_key = unsafe { core::ptr::read_volatile(&raw const (*slot).key) };
+        let victim_refused = unsafe { core::ptr::read_volatile(&raw const (*slot).refused) };
         if atomic::compare_and_swap(tat_ptr, victim_tat, CLAIMING) {
             unsafe {
                 (*slot).key = *key;
@@ -225,9 +249,10 @@ pub fn claim(
                 (*slot).refused = refused;
                 core::ptr::write_volatile(tat_ptr, tat);
             }
-            // Banned and claiming slots score above every debt; `is_empty` slots score below 0.
-            if victim_score > park_debt_ns as i64 && victim_score < i64::MAX - 1 {
-                let _ = MON_PAROLE.insert(&victim_key, victim_tat, 0);
+            // Banned and claiming slots score above every debt; empty slots below 0.
+            let live = victim_score > 0 && victim_score < i64::MAX - 1;
+            if live && (victim_refused != 0 || victim_score > park_debt_ns as i64) {
+                let _ = MON_PAROLE.insert(victim_key, victim_tat, 0);
             }
             return Some(Slot { ptr: slot });
         }
@@ -239,12 +264,7 @@ pub fn claim(
 /// with this request (the GCRA step: admitted or refused), or else a fresh state that admits
 /// it. Claims a slot for it either way (None if other CPUs won every attempt).
 #[inline(always)]
-pub fn admit_new(
-    set: *mut SourceSet,
-    key: &AddrKey,
-    limit: &Limit,
-    now: u64,
-) -> (Charge, Option<Slot>) {
+pub fn admit_new(place: &Place, key: &AddrKey, limit: &Limit, now: u64) -> (Charge, Option<Slot>) {
     let (admitted, tat) = match unsafe { MON_PAROLE.get(key) } {
         Some(&parked) => {
             let _ = MON_PAROLE.remove(key);
@@ -253,7 +273,15 @@ pub fn admit_new(
         }
         None => (true, limit.first(now)),
     };
-    let slot = claim(set, key, tat, 1, (!admitted) as u32, now, limit.interval_ns);
+    let slot = claim(
+        place,
+        key,
+        tat,
+        1,
+        (!admitted) as u32,
+        now,
+        limit.interval_ns,
+    );
     let charge = if admitted {
         Charge::Admitted
     } else {

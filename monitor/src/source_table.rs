@@ -69,12 +69,14 @@ impl SourceTable {
         Some(unsafe { std::ptr::read_volatile(self.ptr.add(index as usize)) })
     }
 
-    /// The slot holding `key`, if the kernel tracks it.
+    /// The slot holding `key`, if the kernel tracks it (in its first set or its second).
     pub fn find(&self, key: &AddrKey) -> Option<SourceSlot> {
-        let set = self.set(self.shape.set_index(key)?)?;
-        set.slots
-            .into_iter()
-            .find(|slot| slot.key == *key && !is_empty(slot) && slot.tat_ns != CLAIMING)
+        self.shape.sets_of(key)?.into_iter().find_map(|index| {
+            self.set(index)?
+                .slots
+                .into_iter()
+                .find(|slot| slot.key == *key && !is_empty(slot) && slot.tat_ns != CLAIMING)
+        })
     }
 
     /// Appends the tracked sources of sets `from..` until `out` has grown by at least
@@ -102,28 +104,41 @@ impl SourceTable {
     }
 
     /// The sets that result from putting `entries` into the table as it is now: each key into
-    /// its own slot if it has one, else the set's first empty slot. Returns the changed sets
+    /// its own slot if it has one, else the first empty slot of its two sets. Returns the changed sets
     /// and how many entries found their set full (left out). For tests and benchmarks that
     /// pre-fill a table; writing whole sets back races with the kernel's updates of them.
     pub fn place(&self, entries: &[(AddrKey, SourceSlot)]) -> (Vec<(u32, SourceSet)>, usize) {
         let mut sets: std::collections::BTreeMap<u32, SourceSet> = Default::default();
         let mut left_out = 0;
         for (key, slot) in entries {
-            let Some(index) = self.shape.set_index(key) else {
+            let Some(choices) = self.shape.sets_of(key) else {
                 left_out += 1;
                 continue;
             };
-            let set = sets
-                .entry(index)
-                .or_insert_with(|| self.set(index).unwrap_or_default());
-            let way = set
-                .slots
-                .iter()
-                .position(|s| s.key == *key && !is_empty(s))
-                .or_else(|| set.slots.iter().position(is_empty));
-            match way {
-                Some(way) => {
-                    set.slots[way] = SourceSlot { key: *key, ..*slot };
+            for index in choices {
+                sets.entry(index)
+                    .or_insert_with(|| self.set(index).unwrap_or_default());
+            }
+            // The kernel's order: the key's own slot in either set, else an empty slot of the
+            // first set, else of the second.
+            let own = choices.into_iter().find_map(|index| {
+                let way = sets[&index]
+                    .slots
+                    .iter()
+                    .position(|s| s.key == *key && !is_empty(s))?;
+                Some((index, way))
+            });
+            let free = || {
+                choices.into_iter().find_map(|index| {
+                    let way = sets[&index].slots.iter().position(is_empty)?;
+                    Some((index, way))
+                })
+            };
+            match own.or_else(free) {
+                Some((index, way)) => {
+                    if let Some(set) = sets.get_mut(&index) {
+                        set.slots[way] = SourceSlot { key: *key, ..*slot };
+                    }
                 }
                 None => left_out += 1,
             }

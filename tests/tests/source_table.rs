@@ -1,7 +1,8 @@
-//! The set-associative source table under an attacker who fills one set (`monitor_common::table`):
-//! which slot a new source takes, what a loud source keeps, and that it loses nothing when it
-//! does lose its slot. The spoofed addresses are chosen to land in the loud source's own set, which
-//! an attacker could do only by knowing the table's seed; the tests fix the seed, so they can.
+//! The set-associative source table under an attacker who fills a source's sets
+//! (`monitor_common::table`): which slot a new source takes, what a loud source keeps, and
+//! that it loses nothing when it does lose its slot. The spoofed addresses are chosen to land
+//! only in the loud source's own two sets, which an attacker could do only by knowing the
+//! table's seed; the tests fix the seed, so they can.
 //!
 //! Time is the `test-clock` object's: every arrival is exact, and the loud source's verdicts
 //! are compared with the user-space twin of the limiter (`monitor::limit::Twin`).
@@ -29,26 +30,50 @@ fn config() -> Config {
     }
 }
 
-/// `n` IPv4 addresses (outside the loud source's /24) that share the loud source's set.
-fn same_set(k: &Loaded, n: usize) -> Vec<String> {
+/// A small table (32 sets), so that addresses aimed at one source's sets are quick to find.
+const SMALL_TABLE: u32 = 64;
+
+fn load() -> Loaded {
+    let mut k = Loaded::load(config(), SMALL_TABLE, Object::TestClock);
+    k.set_now(T0);
+    k
+}
+
+/// `n` IPv4 addresses whose two sets are both among the loud source's two sets: the only
+/// addresses whose claims can take the loud source's slot (an address with one set elsewhere
+/// takes an empty or quieter slot there first).
+fn aimed(k: &Loaded, n: usize) -> Vec<String> {
     let shape = k.kernel.table_shape();
-    let loud_set = shape.set_index(&source_key(LOUD, &k.config()));
+    let loud = shape.sets_of(&source_key(LOUD, &k.config())).unwrap();
     (0..u32::MAX)
         .map(|i| std::net::Ipv4Addr::from(0x0a00_0000 + i))
-        .filter(|a| shape.set_index(&AddrKey::from_v4(a.octets())) == loud_set)
+        .filter(|a| {
+            let sets = shape.sets_of(&AddrKey::from_v4(a.octets())).unwrap();
+            sets.iter().all(|s| loud.contains(s))
+        })
         .take(n)
         .map(|a| a.to_string())
         .collect()
 }
 
-/// A one-packet-per-address spoofed flood aimed at the loud source's set never takes its
+/// Slots in the loud source's sets (one set when its two choices coincide).
+fn loud_slots(k: &Loaded) -> usize {
+    let [a, b] = k
+        .kernel
+        .table_shape()
+        .sets_of(&source_key(LOUD, &k.config()))
+        .unwrap();
+    if a == b { SOURCE_WAYS } else { 2 * SOURCE_WAYS }
+}
+
+/// A one-packet-per-address spoofed flood aimed at the loud source's sets never takes its
 /// slot: each new spoofed source takes the quietest slot, and a source at its limit is deeper
 /// in debt than any one-packet source. So the loud source is limited exactly as the twin says,
-/// through 400 spoofed sources in its own four-slot set.
+/// through 400 spoofed sources in its own two sets.
 #[test]
-fn a_spoofed_flood_into_a_loud_sources_set_takes_the_quiet_slots_first() {
-    let mut k = Loaded::clocked(config(), T0);
-    let spoofed = same_set(&k, 400);
+fn a_spoofed_flood_into_a_loud_sources_sets_takes_the_quiet_slots_first() {
+    let mut k = load();
+    let spoofed = aimed(&k, 400);
     let loud = Frame::udp(LOUD, LOOKUP_PORT, b"lookup").build();
     let loud_key = source_key(LOUD, &k.config());
     let mut twin = Twin::new(
@@ -80,25 +105,25 @@ fn a_spoofed_flood_into_a_loud_sources_set_takes_the_quiet_slots_first() {
         .unwrap()
         .expect("the loud source kept its slot");
     assert_eq!((slot.requests, slot.refused), (400, refused));
-    // The set holds the loud source and the three most recent spoofed ones.
+    // Its sets hold the loud source and the most recent spoofed ones.
     let tracked: Vec<AddrKey> = spoofed
         .iter()
         .map(|s| source_key(s, &k.config()))
         .filter(|key| k.kernel.source(key).unwrap().is_some())
         .collect();
-    assert_eq!(tracked.len(), SOURCE_WAYS - 1);
+    assert_eq!(tracked.len(), loud_slots(&k) - 1);
 }
 
 /// The worst case, stated in docs/kernel.md: spoofed sources that each spend a whole burst are
 /// deeper in debt than a source at its limit, so they can take its slot. Here an attacker who
-/// knows the seed sends a full burst from a new address in the loud source's set after each
-/// of the loud source's requests (11 packets per loud request), which takes its slot before
-/// almost every request. The evicted state waits in `MON_PAROLE` and the loud source resumes
+/// knows the seed sends full bursts from three new addresses aimed at the loud source's sets
+/// after each of the loud source's requests (33 packets per loud request), which takes its
+/// slot before most of its requests. The evicted state waits in `MON_PAROLE` and the loud source resumes
 /// it, so it is admitted exactly what its limit allows, as if it had never lost the slot.
 #[test]
 fn a_loud_source_that_loses_its_slot_resumes_its_state() {
-    let mut k = Loaded::clocked(config(), T0);
-    let spoofed: Vec<Vec<u8>> = same_set(&k, 40)
+    let mut k = load();
+    let spoofed: Vec<Vec<u8>> = aimed(&k, 120)
         .iter()
         .map(|s| Frame::udp(s, LOOKUP_PORT, b"lookup").build())
         .collect();
@@ -123,10 +148,12 @@ fn a_loud_source_that_loses_its_slot_resumes_its_state() {
             if twin.request(&loud_key, now) {
                 allowed += 1;
             }
-            // After each, the next spoofed address spends a full burst (11 packets).
-            let forged = &spoofed[((second * 40 + i) % 40) as usize];
-            for _ in 0..11 {
-                k.run_at(Hook::Tc, forged, now + MS);
+            // After each, the next three spoofed addresses spend a full burst (11 packets).
+            for j in 0..3 {
+                let forged = &spoofed[((second * 120 + i * 3 + j) % 120) as usize];
+                for _ in 0..11 {
+                    k.run_at(Hook::Tc, forged, now + MS);
+                }
             }
         }
     }
