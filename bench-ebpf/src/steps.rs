@@ -118,12 +118,13 @@ fn charge_table(cfg: &Config, key: &AddrKey, now: &mut Now) -> u32 {
     };
     match place.slot() {
         Some(slot) => verdict(slot.charge(&cfg.source, now)),
-        None => verdict(sources::admit_new(place.set(), key, &cfg.source, now.fine()).0),
+        None => verdict(sources::admit_new(&place, key, &cfg.source, now.fine()).0),
     }
 }
 
 /// Step 4: step_coarse + masking the key and probing its set of the source table
-/// (`sources::lookup`: keyed hash, one array lookup, four 16-byte compares, and the way passed
+/// (`sources::lookup`: keyed hash, the first set's array lookup, four 16-byte compares (the
+/// second set's too when the first does not hold the key), and the slot passed
 /// through the per-CPU `MON_PLACE` word for the verifier). The product reads
 /// the coarse clock (`Now::read`) before the lookup, so this builds on `step_coarse`.
 #[xdp]

@@ -20,12 +20,13 @@
 //! source still costs one probe. The authoritative ban is in `MON_BANS` (a plain hash: a flood
 //! cannot evict it), which the kernel reads when a source has no slot.
 //!
-//! **Capacity.** [`SLOTS_PER_SOURCE`] slots per source the operator asks for
-//! (`--max-sources`). With one set per source, a table filled to that many sources would leave
-//! 3.8% of them without a slot (the sets that drew more than four: the tail of a Poisson
-//! distribution of mean 2). With two, a new source takes an empty slot of its first set, else
-//! of its second: simulated, 0.37% are left out (500,000 sources in 250,000 sets), and
-//! most sources are found by the first probe.
+//! **Capacity.** 7/4 slots ([`SLOTS_PER_SOURCE_X4`] / 4) per source the operator asks for
+//! (`--max-sources`): 56 bytes a source. With one set per source, a table filled to that many
+//! sources would leave 6.5% of them without a slot (the sets that drew more than four: the
+//! tail of a Poisson distribution of mean 16/7); with two, a new source takes an empty slot of
+//! its first set, else of its second, and a simulation left out 0.81% (500,000 sources in
+//! 218,750 sets; at two slots a source, 0.37% for 64 bytes). Most sources are found by the
+//! first probe.
 //!
 //! **Claiming a slot** (a new source): the slot with the lowest [`eviction_score`] of its two
 //! sets is taken, the first set's on a tie (so empty slots fill the first set first). The score is how far the slot's state runs ahead of now, its
@@ -47,8 +48,8 @@ use crate::addr::AddrKey;
 
 /// Slots per set: 4 × 32 bytes = 128 bytes, two cache lines.
 pub const SOURCE_WAYS: usize = 4;
-/// Slots per source the operator asks for (`--max-sources`).
-pub const SLOTS_PER_SOURCE: u32 = 2;
+/// Slots per four sources the operator asks for (`--max-sources`): 7/4 slots a source.
+pub const SLOTS_PER_SOURCE_X4: u32 = 7;
 /// In [`SourceSlot::tat_ns`]: the source is banned until the remaining bits (monotonic ns).
 pub const BANNED: u64 = 1 << 63;
 /// In [`SourceSlot::tat_ns`]: another CPU is writing this slot for a new source.
@@ -101,7 +102,12 @@ impl TableShape {
     /// How many sources this table was sized for (what `--max-sources` said, rounded up to a
     /// whole set).
     pub const fn capacity(&self) -> u32 {
-        self.sets * SOURCE_WAYS as u32 / SLOTS_PER_SOURCE
+        let sources = self.sets as u64 * SOURCE_WAYS as u64 * 4 / SLOTS_PER_SOURCE_X4 as u64;
+        if sources > u32::MAX as u64 {
+            u32::MAX
+        } else {
+            sources as u32
+        }
     }
 
     /// The two sets `key` may live in (its first choice, then its second), or None for a
@@ -121,10 +127,10 @@ impl TableShape {
     }
 }
 
-/// Sets for a table of `max_sources` sources ([`SLOTS_PER_SOURCE`] slots each).
+/// Sets for a table of `max_sources` sources ([`SLOTS_PER_SOURCE_X4`] / 4 slots each).
 pub const fn sets_for(max_sources: u32) -> u32 {
-    let slots = (max_sources as u64) * SLOTS_PER_SOURCE as u64;
-    let sets = slots.div_ceil(SOURCE_WAYS as u64);
+    let slots_x4 = (max_sources as u64) * SLOTS_PER_SOURCE_X4 as u64;
+    let sets = slots_x4.div_ceil(4 * SOURCE_WAYS as u64);
     if sets == 0 {
         1
     } else if sets > u32::MAX as u64 {
@@ -176,13 +182,18 @@ mod tests {
     use std::vec::Vec;
 
     #[test]
-    fn the_table_is_two_slots_per_source_in_sets_of_128_bytes() {
+    fn the_table_is_56_bytes_a_source_in_sets_of_128_bytes() {
         assert_eq!(core::mem::size_of::<SourceSlot>(), 32);
         assert_eq!(core::mem::size_of::<SourceSet>(), 128);
-        assert_eq!(sets_for(1_000_000), 500_000);
+        assert_eq!(sets_for(1_000_000), 437_500);
+        assert_eq!(sets_for(1_000_000) as u64 * 128, 56_000_000);
         assert_eq!(sets_for(1), 1);
         assert_eq!(sets_for(0), 1);
-        assert_eq!(TableShape::for_sources(4096, 0).capacity(), 4096);
+        assert_eq!(sets_for(u32::MAX), 1_879_048_192);
+        for sources in [4096, 8192, 1_000_000] {
+            assert_eq!(TableShape::for_sources(sources, 0).capacity(), sources);
+        }
+        // Rounded up to a whole set.
         assert_eq!(TableShape::for_sources(3, 0).capacity(), 4);
     }
 
@@ -191,7 +202,11 @@ mod tests {
         // 200,000 consecutive IPv4 addresses (what a spoofer walking a range sends) over
         // 50,000 sets, by either choice: the fullest set should hold no more than a Poisson
         // tail allows, and the two choices should be independent.
-        let shape = TableShape::for_sources(100_000, 0x1234_5678_9abc_def0);
+        let shape = TableShape {
+            seed: 0x1234_5678_9abc_def0,
+            sets: 50_000,
+            _pad: 0,
+        };
         for choice in 0..2 {
             let mut fill = std::vec![0u32; shape.sets as usize];
             for i in 0..200_000u32 {

@@ -106,12 +106,12 @@ fn a_million_tracked_sources_load_fill_and_read_back() {
         entries.len(),
         read.as_secs_f64() * 1e3
     );
-    // A set-associative table sized for exactly this many sources has two slots each, in
-    // sets of four: the sets that drew more than four sources (a Poisson tail, about 3.7% of
-    // the sources) keep four of them, so allow a 5% shortfall; every entry must be one of
-    // ours, seen once.
+    // A set-associative table sized for exactly this many sources has 7/4 slots each, in
+    // sets of four, two sets a source: the sources whose two sets were both full when they
+    // came (about 0.8% in a simulation) have no slot, so allow a 2% shortfall; every entry
+    // must be one of ours, seen once.
     assert!(
-        entries.len() as u64 >= SOURCES as u64 * 95 / 100,
+        entries.len() as u64 >= SOURCES as u64 * 98 / 100,
         "only {} of {SOURCES} sources tracked",
         entries.len()
     );
