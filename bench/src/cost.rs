@@ -310,7 +310,7 @@ fn run_in_private_netns(sources: &[u32], rounds: usize, repeat: u32) -> anyhow::
     sorted.sort();
     for &n in &sorted {
         // Pre-fill the rest of the table with distinct sources that would pass. A source whose
-        // set is already full is left out (the table is sized at two slots per source).
+        // two sets are already full is left out (the table is sized at 7/4 slots per source).
         if n > filled {
             let extra: Vec<(AddrKey, SourceSlot)> =
                 (filled..n).map(|i| (fill::v4_source(i), passing)).collect();

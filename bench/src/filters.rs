@@ -9,7 +9,7 @@ use aya::programs::{TcAttachType, tc, xdp::XdpMode};
 use monitor::kernel::{Kernel, LoadOptions};
 use monitor_common::{
     config::{Config, action, count_mode, port_flags},
-    maps::MAP_SOURCES,
+    maps::{MAP_EVENT_SPACING, MAP_PAROLE, MAP_SOURCES},
     rate::{Limit, NANOS_PER_SEC},
     stats::Stat,
 };
@@ -394,22 +394,27 @@ impl Installed {
         })
     }
 
-    /// Our tracked-source count (read through the table's shared mapping) and the source
-    /// table's kernel memory (memlock: for a `BPF_F_MMAPABLE` array, the sets rounded up to
-    /// whole pages plus one page for the map itself).
+    /// Our tracked-source count (read through the table's shared mapping) and the kernel
+    /// memory of everything that tracks sources (memlock from `/proc/self/fdinfo`): the source
+    /// table (for a `BPF_F_MMAPABLE` array, the sets rounded up to whole pages plus one page
+    /// for the map itself), the parked states of evicted sources (`MON_PAROLE`) and the event
+    /// spacing (`MON_EVT_SPACING`).
     pub fn our_table(&mut self) -> anyhow::Result<Option<(usize, u64)>> {
         let Some(k) = self.kernel.as_mut() else {
             return Ok(None);
         };
         let n = k.sources()?.len();
-        let map = k.ebpf_mut().map(MAP_SOURCES).context("MON_SOURCES")?;
-        let fd = crate::fill::map_fd(map)?;
-        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
-        let memlock = info
-            .lines()
-            .find_map(|l| l.strip_prefix("memlock:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
+        let mut memlock = 0u64;
+        for name in [MAP_SOURCES, MAP_PAROLE, MAP_EVENT_SPACING] {
+            let map = k.ebpf_mut().map(name).context(name)?;
+            let fd = crate::fill::map_fd(map)?;
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+            memlock += info
+                .lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
         Ok(Some((n, memlock)))
     }
 

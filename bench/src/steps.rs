@@ -149,7 +149,7 @@ pub fn run(bench: &mut Bench, rounds: usize, repeat: u32) -> anyhow::Result<Step
         let mut sets: BTreeMap<u32, SourceSet> = BTreeMap::new();
         for (src, tat_ns) in [(pass_src, 1), (drop_src, far.tat_ns)] {
             let key = AddrKey::from_v4(src);
-            let index = table.set_index(&key).context("a table with no sets")?;
+            let index = table.sets_of(&key).context("a table with no sets")?[0];
             let set = sets.entry(index).or_default();
             let way = set.slots.iter().position(|s| s.tat_ns == 0).unwrap_or(0);
             set.slots[way] = SourceSlot {
