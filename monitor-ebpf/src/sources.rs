@@ -221,9 +221,7 @@ pub fn claim(
         let mut victim_score = i64::MAX;
         let mut i = 0;
         while i < CANDIDATES {
-            let Some(candidate) = place.candidate(i) else {
-                return None;
-            };
+            let candidate = place.candidate(i)?;
             let slot_tat = atomic::load(unsafe { &raw const (*candidate).tat_ns });
             let score = eviction_score(slot_tat, now);
             if score < victim_score {
