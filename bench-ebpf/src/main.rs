@@ -6,7 +6,8 @@
 //!   incrementally) and is redirected out of a veth.
 //! - `steps`: the product's path cut after each step, for the cost breakdown, and prototypes of
 //!   the cuts (one statistics record, one configuration lookup with a port bitmap, a 4-byte key);
-//! - `table`: a set-associative source table prototype beside the LRU hash design.
+//! - `table`: a set-associative source table prototype beside the LRU hash design, and a
+//!   replay of a spoofed churn through the prototypes and the product's own source table.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]

@@ -22,9 +22,10 @@
 //! `charge_source` on a 16-byte-key LRU hash of 40-byte buckets) behind the same minimal parse,
 //! so the two differ only in the table. Both refuse on the coarse clock when the request
 //! cannot fit at any instant the fine clock can read (the product's cut, `clock::Now`), and
-//! read the fine clock otherwise. `churn_sa` / `churn_lru` replay a loud source inside a
-//! spoofed flood with an injected clock (one BPF_PROG_TEST_RUN repeat = one packet), to count
-//! what eviction lets the loud source through.
+//! read the fine clock otherwise. `churn_sa` / `churn_lru` / `churn_table` replay a loud
+//! source inside a spoofed flood with an injected clock (one BPF_PROG_TEST_RUN repeat = one
+//! packet), to count what eviction lets the loud source through; `churn_table` runs the
+//! product's own source table (`monitor-ebpf` `sources`: lookup, charge, claim, parole).
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -32,13 +33,14 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
-use monitor_common::{addr::AddrKey, maps::Bucket, rate::Limit};
+use monitor_common::{addr::AddrKey, maps::Bucket, rate::Limit, table::TableShape};
 
 use crate::{
     atomic,
     clock::Now,
     limit::{Charge, charge_bucket, charge_key, insert_new},
     programs::{counted_drop, v4_source},
+    sources,
 };
 
 const BPF_F_MMAPABLE: u32 = 1 << 10;
@@ -383,4 +385,28 @@ pub fn churn_lru(_ctx: XdpContext) -> u32 {
         loud,
         lru_charge(cfg, src.to_be_bytes(), now) == Charge::Admitted,
     )
+}
+
+/// The shape `churn_table` places sources with in this object's `MON_SOURCES`.
+#[map]
+static CHURN_SHAPE: Array<TableShape> = Array::with_max_entries(1, 0);
+
+/// The product's source table: its lookup, then its charge or, for a source with no slot,
+/// its `admit_new` (parole, claim), on the injected clock.
+#[xdp]
+pub fn churn_table(_ctx: XdpContext) -> u32 {
+    let (Some((src, now, loud)), Some(cfg), Some(shape)) =
+        (churn_next(), SA_CFG.get(0), CHURN_SHAPE.get(0))
+    else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let (key, limit) = lru_key(cfg, src.to_be_bytes());
+    let Some(place) = sources::lookup(shape, &key) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let charge = match place.slot() {
+        Some(slot) => slot.charge(&limit, &mut Now::at(now)),
+        None => sources::admit_new(&place, &key, &limit, now).0,
+    };
+    churn_count(loud, charge == Charge::Admitted)
 }

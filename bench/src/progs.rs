@@ -23,7 +23,7 @@ pub struct GenCfg {
 }
 unsafe impl aya::Pod for GenCfg {}
 
-const PROGRAMS: [&str; 25] = [
+const PROGRAMS: [&str; 26] = [
     "bench_pass",
     "bench_drop",
     "bench_gen",
@@ -49,10 +49,16 @@ const PROGRAMS: [&str; 25] = [
     "bench_lrug",
     "churn_sa",
     "churn_lru",
+    "churn_table",
 ];
 
-/// Sets of the bench object's copy of `MON_SOURCES` (the step variants' source table).
+/// Sets the step variants place their two sources in (a shape over the bench object's copy
+/// of `MON_SOURCES`).
 pub const STEP_SOURCE_SETS: u32 = 4096;
+
+/// Sources the bench object's copy of `MON_SOURCES` has room for: the product's table for
+/// `--max-sources` 1,048,576, which the churn replay (part 6) runs on.
+pub const CHURN_TABLE_SOURCES: u32 = 1 << 20;
 
 pub struct Bench {
     pub ebpf: Ebpf,
@@ -60,10 +66,14 @@ pub struct Bench {
 
 impl Bench {
     pub fn load() -> anyhow::Result<Self> {
-        // The product maps compiled into this object serve only the step variants, which
-        // run one frame at a time: keep them small.
+        // The product maps compiled into this object serve the step variants, which run one
+        // frame at a time (small maps), and the churn replay, which needs the product's table
+        // at a million sources.
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries("MON_SOURCES", STEP_SOURCE_SETS)
+            .map_max_entries(
+                "MON_SOURCES",
+                monitor_common::table::sets_for(CHURN_TABLE_SOURCES).max(STEP_SOURCE_SETS),
+            )
             .map_max_entries("MON_AGGS", 1024)
             .map_max_entries("MON_BANS", 1024)
             .map_max_entries("CUT_SOURCES4", 4096)

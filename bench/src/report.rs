@@ -291,7 +291,8 @@ pub fn summary(all: &All) -> serde_json::Value {
     }
     if let Some(t) = &all.table {
         for (key, design) in [
-            ("churn_extra_sa_max", "set-"),
+            ("churn_extra_product_max", "product"),
+            ("churn_extra_sa_max", "prototype"),
             ("churn_extra_lru_max", "LRU"),
         ] {
             put(
@@ -912,7 +913,7 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
         let _ = writeln!(
             o,
             "One loud source sending {:.0} requests/s inside a spoofed flood of {:.1} Mpps, limit {}/s \
-             burst {}, replayed through each design (bench-ebpf `churn_sa`, `churn_lru`) with an \
+             burst {}, replayed through each design (bench-ebpf `churn_table`: the product's source table code; `churn_sa`, `churn_lru`) with an \
              injected clock: BPF_PROG_TEST_RUN repeats, one packet per repeat, the clock advancing {} \
              ns per packet. *Extra* is what the loud source got through beyond what its limit allows \
              (burst + rate × time): the cost of losing its entry to the churn and starting over with a \

@@ -5,10 +5,17 @@
 //! of the loud source's requests each design admitted against what the limit allows.
 
 use anyhow::Context as _;
-use aya::maps::{Array, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use monitor_common::{
+    addr::AddrKey,
+    table::{SourceSet, TableShape, sets_for},
+};
 use serde::Serialize;
 
-use crate::{fill, progs::Bench};
+use crate::{
+    fill,
+    progs::{Bench, CHURN_TABLE_SOURCES},
+};
 
 /// Sets in the set-associative table (8 sources each): 2^18 sets = 2,097,152 slots, 16 MiB.
 pub const SA_SETS: u32 = 1 << 18;
@@ -62,7 +69,7 @@ pub fn configure(bench: &mut Bench, interval_ns: u64, burst: u64) -> anyhow::Res
     Ok(())
 }
 
-/// The set-associative table, mapped into this process (it is BPF_F_MMAPABLE).
+/// A BPF_F_MMAPABLE array of the bench object, mapped into this process.
 struct Mapped {
     ptr: *mut u64,
     len: usize,
@@ -70,8 +77,11 @@ struct Mapped {
 
 impl Mapped {
     fn new(bench: &Bench) -> anyhow::Result<Self> {
-        let fd = fill::map_fd(bench.ebpf.map("SA_TABLE").context("SA_TABLE")?)?;
-        let len = SA_SETS as usize * SA_WAYS * 8;
+        Self::of(bench, "SA_TABLE", SA_SETS as usize * SA_WAYS * 8)
+    }
+
+    fn of(bench: &Bench, map: &str, len: usize) -> anyhow::Result<Self> {
+        let fd = fill::map_fd(bench.ebpf.map(map).with_context(|| map.to_string())?)?;
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -84,7 +94,7 @@ impl Mapped {
         };
         anyhow::ensure!(
             p != libc::MAP_FAILED,
-            "mmap of SA_TABLE: {}",
+            "mmap of {map}: {}",
             std::io::Error::last_os_error()
         );
         Ok(Self { ptr: p.cast(), len })
@@ -103,6 +113,28 @@ impl Drop for Mapped {
 /// Empties the set-associative table (between cells, so each starts fresh).
 pub fn clear_sa(bench: &Bench) -> anyhow::Result<()> {
     Mapped::new(bench)?.words().fill(0);
+    Ok(())
+}
+
+/// Empties the bench object's copy of the product's table and its parole map, and names the
+/// shape `churn_table` places sources with: the product's for `CHURN_TABLE_SOURCES`.
+fn reset_product_table(bench: &mut Bench) -> anyhow::Result<()> {
+    let shape = TableShape {
+        seed: 0x0c4a_51de_5eed_f00d,
+        sets: sets_for(CHURN_TABLE_SOURCES),
+        _pad: 0,
+    };
+    let len = shape.sets as usize * std::mem::size_of::<SourceSet>();
+    Mapped::of(bench, "MON_SOURCES", len)?.words().fill(0);
+    let mut parole: HashMap<&mut MapData, AddrKey, u64> =
+        HashMap::try_from(bench.ebpf.map_mut("MON_PAROLE").context("MON_PAROLE")?)?;
+    let parked: Vec<AddrKey> = parole.keys().collect::<Result<_, _>>()?;
+    for key in parked {
+        parole.remove(&key)?;
+    }
+    let mut a: Array<&mut MapData, TableShape> =
+        Array::try_from(bench.ebpf.map_mut("CHURN_SHAPE").context("CHURN_SHAPE")?)?;
+    a.set(0, shape, 0)?;
     Ok(())
 }
 
@@ -215,15 +247,22 @@ pub fn churn(bench: &mut Bench, spoofed: &[u32], secs: f64) -> anyhow::Result<Ta
         burst,
         ..Default::default()
     };
-    // The LRU design gets the product's capacity, 2^20 (its map is that size).
+    // The LRU design gets 2^20 entries, the earlier product's map; the product's table gets
+    // its room for 2^20 sources.
     for &n in spoofed {
         for (design, prog) in [
-            ("set-associative (8 x 8 B per line)", "churn_sa"),
-            ("LRU hash (product design)", "churn_lru"),
+            (
+                "product: set-associative, two sets of 4 x 32 B",
+                "churn_table",
+            ),
+            ("prototype: set-associative (8 x 8 B per line)", "churn_sa"),
+            ("LRU hash (earlier product design)", "churn_lru"),
         ] {
             configure(bench, interval_ns, burst)?;
-            if prog == "churn_sa" {
-                clear_sa(bench)?;
+            match prog {
+                "churn_sa" => clear_sa(bench)?,
+                "churn_table" => reset_product_table(bench)?,
+                _ => {}
             }
             // Start the injected clock well past anything the live tests left behind.
             let start_ns = monitor::clock::kernel_now_ns() + 3_600_000_000_000;

@@ -25,7 +25,7 @@ mod pod {
         config::{Config, ConfigSlots},
         event::Event,
         maps::*,
-        table::{SourceSet, SourceSlot},
+        table::{SourceSet, SourceSlot, TableShape},
     };
     unsafe impl aya::Pod for AddrKey {}
     unsafe impl aya::Pod for ListAddr {}
@@ -40,4 +40,5 @@ mod pod {
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for SourceSet {}
     unsafe impl aya::Pod for SourceSlot {}
+    unsafe impl aya::Pod for TableShape {}
 }

@@ -29,6 +29,17 @@ impl Now {
         }
     }
 
+    /// A clock that reads `ns`, coarse and fine alike: for replays that inject time
+    /// (bench-ebpf's churn replay runs the product's source table on it).
+    #[allow(dead_code)]
+    #[inline(always)]
+    pub fn at(ns: u64) -> Self {
+        Self {
+            coarse: ns,
+            fine: ns,
+        }
+    }
+
     /// The earliest instant the fine clock can read during this packet.
     #[inline(always)]
     pub fn earliest(&self) -> u64 {
