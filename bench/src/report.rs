@@ -830,12 +830,13 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
                 o,
                 "- This project: the source table (set-associative array sized for {} sources: {} sets of \
                  4 x 32-byte slots, 7/4 slots a source) with the parked states of evicted sources \
-                 (`MON_PAROLE`, 65,536 entries) and the event spacing (`MON_EVT_SPACING`) report memlock \
+                 (`MON_PAROLE`, {} entries) and the event spacing (`MON_EVT_SPACING`) report memlock \
                  {:.1} MiB (`/proc/self/fdinfo`), holding {} sources after the warm-up: **{:.0} bytes per \
                  source** at 1,000,000 ({:.0} per source of capacity; a slot is key 16 B + state 8 B + \
                  counters 8 B, with no per-entry overhead).",
                 mem.ours_capacity,
                 monitor_common::table::sets_for(mem.ours_capacity.min(u32::MAX as u64) as u32),
+                monitor_common::maps::MAX_PAROLE,
                 mem.ours_memlock as f64 / 1048576.0,
                 mem.ours_tracked,
                 mem.ours_memlock as f64 / 1e6,
