@@ -542,6 +542,13 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
     );
     row(
         &mut o,
+        "Kernel memory ≤ 64 bytes per tracked source, 1M sources (table, parole, event spacing)",
+        g("bytes_per_source_1m"),
+        &|x| format!("{x:.0} B"),
+        &|x| x <= 64.0,
+    );
+    row(
+        &mut o,
         "Admitted rate within 5% of the limit (worst case)",
         g("accuracy_max_error"),
         &|x| format!("{:.1}%", x * 100.0),
