@@ -921,7 +921,7 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
         let _ = writeln!(
             o,
             "One loud source sending {:.0} requests/s inside a spoofed flood of {:.1} Mpps, limit {}/s \
-             burst {}, replayed through each design (bench-ebpf `churn_table`: the product's source table code; `churn_sa`, `churn_lru`) with an \
+             burst {}, replayed through each design (bench-ebpf `churn_table`: the product's source table code, sized for {} sources; `churn_sa`, `churn_lru`) with an \
              injected clock: BPF_PROG_TEST_RUN repeats, one packet per repeat, the clock advancing {} \
              ns per packet. *Extra* is what the loud source got through beyond what its limit allows \
              (burst + rate × time): the cost of losing its entry to the churn and starting over with a \
@@ -930,6 +930,7 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
             t.churn.first().map(|c| c.flood_pps / 1e6).unwrap_or(0.0),
             t.rate_per_sec,
             t.burst,
+            crate::progs::CHURN_TABLE_SOURCES,
             t.churn
                 .first()
                 .map(|c| (1e9 / c.flood_pps) as u64)
