@@ -326,9 +326,11 @@ pub struct ChurnCfg {
 
 #[map]
 static CHURN_CFG: Array<ChurnCfg> = Array::with_max_entries(1, 0);
-/// [0] packet sequence, [1] the loud source's admitted requests, [2] its refused ones.
+/// [0] packet sequence, [1] the loud source's admitted requests, [2] its refused ones, [3] its
+/// requests that found it without a slot (`churn_table` only: it lost its slot since the
+/// previous one).
 #[map]
-static CHURN: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
+static CHURN: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
 
 #[inline(always)]
 fn churn_next() -> Option<(u32, u64, bool)> {
@@ -406,7 +408,12 @@ pub fn churn_table(_ctx: XdpContext) -> u32 {
     };
     let charge = match place.slot() {
         Some(slot) => slot.charge(&limit, &mut Now::at(now)),
-        None => sources::admit_new(&place, &key, &limit, now).0,
+        None => {
+            if loud && let Some(n) = CHURN.get_ptr_mut(3) {
+                unsafe { *n += 1 };
+            }
+            sources::admit_new(&place, &key, &limit, now).0
+        }
     };
     churn_count(loud, charge == Charge::Admitted)
 }

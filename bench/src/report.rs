@@ -925,7 +925,9 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
              injected clock: BPF_PROG_TEST_RUN repeats, one packet per repeat, the clock advancing {} \
              ns per packet. *Extra* is what the loud source got through beyond what its limit allows \
              (burst + rate × time): the cost of losing its entry to the churn and starting over with a \
-             fresh burst.\n",
+             fresh burst. *Loud lost its slot*: how many of the loud source's requests found it without a slot, \
+             so that it was charged from `MON_PAROLE` or afresh (counted for the product's table only; its first request \
+             is not counted).\n",
             t.churn.first().map(|c| c.loud_pps).unwrap_or(0.0),
             t.churn.first().map(|c| c.flood_pps / 1e6).unwrap_or(0.0),
             t.rate_per_sec,
@@ -938,12 +940,12 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
         );
         let _ = writeln!(
             o,
-            "| Design | Spoofed sources | Seconds | Loud sent | Loud admitted | Allowed | Extra |\n|---|---|---|---|---|---|---|"
+            "| Design | Spoofed sources | Seconds | Loud sent | Loud lost its slot | Loud admitted | Allowed | Extra |\n|---|---|---|---|---|---|---|---|"
         );
         for c in &t.churn {
             let _ = writeln!(
                 o,
-                "| {} | {} | {:.0} | {} | {} | {:.0} | {:+.1}% |",
+                "| {} | {} | {:.0} | {} | {} | {} | {:.0} | {:+.1}% |",
                 c.design,
                 if c.spoofed == 0 {
                     "any address".to_string()
@@ -952,6 +954,8 @@ pub fn markdown(all: &All, summary: &serde_json::Value) -> String {
                 },
                 c.secs,
                 c.loud_sent,
+                c.loud_slotless
+                    .map_or_else(|| "–".to_string(), |n| n.to_string()),
                 c.loud_admitted,
                 c.allowed,
                 c.extra() * 100.0

@@ -117,11 +117,12 @@ pub fn clear_sa(bench: &Bench) -> anyhow::Result<()> {
 }
 
 /// Empties the bench object's copy of the product's table and its parole map, and names the
-/// shape `churn_table` places sources with: the product's for `CHURN_TABLE_SOURCES`.
-fn reset_product_table(bench: &mut Bench) -> anyhow::Result<()> {
+/// shape `churn_table` places sources with: the product's for `--max-sources` `sources` (at
+/// most `CHURN_TABLE_SOURCES`, the room the map was created with).
+fn reset_product_table(bench: &mut Bench, sources: u32) -> anyhow::Result<()> {
     let shape = TableShape {
         seed: 0x0c4a_51de_5eed_f00d,
-        sets: sets_for(CHURN_TABLE_SOURCES),
+        sets: sets_for(sources.min(CHURN_TABLE_SOURCES)),
         _pad: 0,
     };
     let len = shape.sets as usize * std::mem::size_of::<SourceSet>();
@@ -213,6 +214,8 @@ pub struct ChurnCell {
     pub spoofed: u32,
     pub loud_sent: u64,
     pub loud_admitted: u64,
+    /// The loud source's requests that found it without a slot (the product's table only).
+    pub loud_slotless: Option<u64>,
     /// What the limit allows over the run: burst + duration × rate.
     pub allowed: f64,
     pub secs: f64,
@@ -248,20 +251,33 @@ pub fn churn(bench: &mut Bench, spoofed: &[u32], secs: f64) -> anyhow::Result<Ta
         ..Default::default()
     };
     // The LRU design gets 2^20 entries, the earlier product's map; the product's table gets
-    // its room for 2^20 sources.
+    // its room for 2^20 sources, and once a room for 16,384: there 100,000 spoofed sources,
+    // each over its limit and so as deep in debt as the loud source, overfill its sets and
+    // take its slot (about one loud request in eight found it slotless when this was
+    // written), and parole is what keeps its state.
     for &n in spoofed {
-        for (design, prog) in [
+        for (design, prog, room) in [
             (
                 "product: set-associative, two sets of 4 x 32 B",
                 "churn_table",
+                CHURN_TABLE_SOURCES,
             ),
-            ("prototype: set-associative (8 x 8 B per line)", "churn_sa"),
-            ("LRU hash (earlier product design)", "churn_lru"),
+            (
+                "product, the same with room for 16,384 sources",
+                "churn_table",
+                16_384,
+            ),
+            (
+                "prototype: set-associative (8 x 8 B per line)",
+                "churn_sa",
+                0,
+            ),
+            ("LRU hash (earlier product design)", "churn_lru", 0),
         ] {
             configure(bench, interval_ns, burst)?;
             match prog {
                 "churn_sa" => clear_sa(bench)?,
-                "churn_table" => reset_product_table(bench)?,
+                "churn_table" => reset_product_table(bench, room)?,
                 _ => {}
             }
             // Start the injected clock well past anything the live tests left behind.
@@ -284,7 +300,7 @@ pub fn churn(bench: &mut Bench, spoofed: &[u32], secs: f64) -> anyhow::Result<Ta
                 let mut k: PerCpuArray<&mut MapData, u64> =
                     PerCpuArray::try_from(bench.ebpf.map_mut("CHURN").context("CHURN")?)?;
                 let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-                for i in 0..3 {
+                for i in 0..4 {
                     k.set(i, aya::maps::PerCpuValues::try_from(vec![0u64; cpus])?, 0)?;
                 }
             }
@@ -316,20 +332,22 @@ pub fn churn(bench: &mut Bench, spoofed: &[u32], secs: f64) -> anyhow::Result<Ta
             let k: PerCpuArray<&MapData, u64> =
                 PerCpuArray::try_from(bench.ebpf.map("CHURN").context("CHURN")?)?;
             let sum = |i: u32| -> anyhow::Result<u64> { Ok(k.get(&i, 0)?.iter().sum()) };
-            let (seq, admitted, refused) = (sum(0)?, sum(1)?, sum(2)?);
+            let (seq, admitted, refused, slotless) = (sum(0)?, sum(1)?, sum(2)?, sum(3)?);
             anyhow::ensure!(seq == packets, "{prog} ran {seq} of {packets} packets");
             let cell = ChurnCell {
                 design: design.to_string(),
                 spoofed: n,
                 loud_sent: admitted + refused,
                 loud_admitted: admitted,
+                // The loud source's first request always finds no slot.
+                loud_slotless: (prog == "churn_table").then(|| slotless.saturating_sub(1)),
                 allowed: burst as f64 + secs * rate as f64,
                 secs,
                 flood_pps,
                 loud_pps: flood_pps / loud_every as f64,
             };
             eprintln!(
-                "bench:   churn: {design}, {} spoofed sources: loud source admitted {} of {} (limit allows {:.0}: {:+.1}%) [{:.0} ns per packet]",
+                "bench:   churn: {design}, {} spoofed sources: loud source admitted {} of {} (limit allows {:.0}: {:+.1}%), lost its slot {} times [{:.0} ns per packet]",
                 if n == 0 {
                     "any-address".to_string()
                 } else {
@@ -339,6 +357,8 @@ pub fn churn(bench: &mut Bench, spoofed: &[u32], secs: f64) -> anyhow::Result<Ta
                 cell.loud_sent,
                 cell.allowed,
                 cell.extra() * 100.0,
+                cell.loud_slotless
+                    .map_or_else(|| "(not counted)".to_string(), |n| n.to_string()),
                 took * 1e9 / packets as f64
             );
             out.churn.push(cell);
