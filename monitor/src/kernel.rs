@@ -212,6 +212,14 @@ impl TableWalk {
     }
 }
 
+/// How many times a program load is tried when the verifier was interrupted by a signal.
+const VERIFIER_ATTEMPTS: u32 = 5;
+
+/// Whether a program load failed only because a signal interrupted the verifier.
+fn interrupted(e: &ProgramError) -> bool {
+    matches!(e, ProgramError::LoadError { io_error, .. } if io_error.raw_os_error() == Some(libc::EAGAIN))
+}
+
 fn program_load_error(name: &'static str, source: ProgramError) -> KernelError {
     match source {
         ProgramError::LoadError {
@@ -520,12 +528,21 @@ impl Kernel {
         })?;
         for name in [PROG_XDP, PROG_TC, PROG_SET_BAN] {
             let program = ebpf.program_mut(name).ok_or(KernelError::Missing(name))?;
-            let result = match program {
-                aya::programs::Program::Xdp(p) => p.load(),
-                aya::programs::Program::SchedClassifier(p) => p.load(),
-                _ => return Err(KernelError::Missing(name)),
-            };
-            result.map_err(|source| program_load_error(name, source))?;
+            let mut attempt = 1;
+            loop {
+                let result = match &mut *program {
+                    aya::programs::Program::Xdp(p) => p.load(),
+                    aya::programs::Program::SchedClassifier(p) => p.load(),
+                    _ => return Err(KernelError::Missing(name)),
+                };
+                match result {
+                    Ok(()) => break,
+                    // The verifier gives up with EAGAIN when a signal arrives while it works
+                    // (a second or more for the classifier); libbpf retries the same way.
+                    Err(e) if attempt < VERIFIER_ATTEMPTS && interrupted(&e) => attempt += 1,
+                    Err(e) => return Err(program_load_error(name, e)),
+                }
+            }
         }
         let mut kernel = Self {
             ebpf,
