@@ -25,6 +25,17 @@ const BUDGET_ATTEMPTS: usize = 4;
 /// Events per key are spaced at least this far apart.
 const EVENT_SPACING_NS: u64 = 1_000_000_000;
 
+/// Whether an event sent at `last` still rules out another one now: decided on the coarse
+/// clock's bounds when every instant the fine clock can read is within the spacing after
+/// `last`, else on the fine clock.
+#[inline(always)]
+pub fn within_event_spacing(last: u64, now: &mut Now) -> bool {
+    if last <= now.earliest() && now.latest() - last < EVENT_SPACING_NS {
+        return true;
+    }
+    now.fine().wrapping_sub(last) < EVENT_SPACING_NS
+}
+
 #[inline(always)]
 fn listed(trie: &LpmTrie<ListAddr, ListEntry>, src: &AddrKey, is_v4: bool, now: &mut Now) -> bool {
     match trie.get(Key::new(LIST_KEY_BITS, ListAddr::new(src, is_v4))) {
@@ -94,15 +105,10 @@ pub fn start_ban(slot: Slot, key: &AddrKey, until_ns: u64) -> bool {
 pub fn claim_event_slot(bucket: *mut Bucket, now: &mut Now, always: bool) -> bool {
     let slot = unsafe { &raw mut (*bucket).last_event_ns };
     let last = atomic::load(slot);
-    // Every instant the fine clock can read is within the spacing after `last`.
-    if !always && last <= now.earliest() && now.latest() - last < EVENT_SPACING_NS {
+    if !always && within_event_spacing(last, now) {
         return false;
     }
-    let now = now.fine();
-    if !always && now.wrapping_sub(last) < EVENT_SPACING_NS {
-        return false;
-    }
-    atomic::compare_and_swap(slot, last, now) || always
+    atomic::compare_and_swap(slot, last, now.fine()) || always
 }
 
 /// Whether the current second's event budget may still have room, reading the shared state

@@ -572,16 +572,14 @@ impl Kernel {
         if let Some(view) = self.sources_view.get() {
             return Ok(view.clone());
         }
-        let fd = match self.map(MAP_SOURCES)? {
-            Map::Array(m) => m.fd().as_fd().as_raw_fd(),
-            _ => return Err(KernelError::Missing(MAP_SOURCES)),
-        };
-        let view = SourceTable::map(fd, self.table).map_err(|e| KernelError::Map {
-            name: MAP_SOURCES,
-            source: MapError::SyscallError(aya::sys::SyscallError {
-                call: "mmap",
-                io_error: e,
-            }),
+        let view = SourceTable::map(self.map_fd(MAP_SOURCES)?, self.table).map_err(|e| {
+            KernelError::Map {
+                name: MAP_SOURCES,
+                source: MapError::SyscallError(aya::sys::SyscallError {
+                    call: "mmap",
+                    io_error: e,
+                }),
+            }
         })?;
         Ok(self.sources_view.get_or_init(|| view).clone())
     }
@@ -590,18 +588,13 @@ impl Kernel {
     /// sampler baseline was taken from.
     pub fn table_ids(&self) -> Result<(u32, u32)> {
         let id = |name: &'static str| -> Result<u32> {
-            match self.map(name)? {
-                Map::LruHashMap(m) | Map::HashMap(m) => {
-                    Ok(m.info().map_err(Self::map_err(name))?.id())
-                }
-                _ => Err(KernelError::Missing(name)),
-            }
+            Ok(self
+                .map_data(name)?
+                .info()
+                .map_err(Self::map_err(name))?
+                .id())
         };
-        let sources = match self.map(MAP_SOURCES)? {
-            Map::Array(m) => m.info().map_err(Self::map_err(MAP_SOURCES))?.id(),
-            _ => return Err(KernelError::Missing(MAP_SOURCES)),
-        };
-        Ok((sources, id(MAP_AGGREGATES)?))
+        Ok((id(MAP_SOURCES)?, id(MAP_AGGREGATES)?))
     }
 
     /// Capacity (max entries) of each table, by map name: what was created or adopted.
@@ -787,11 +780,7 @@ impl Kernel {
     pub fn write_sources(&mut self, entries: &[(AddrKey, SourceSlot)]) -> Result<usize> {
         let table = self.source_table()?;
         let (sets, left_out) = table.place(entries);
-        let fd = match self.map(MAP_SOURCES)? {
-            Map::Array(m) => m.fd().as_fd().as_raw_fd(),
-            _ => return Err(KernelError::Missing(MAP_SOURCES)),
-        };
-        crate::batch::write_all(fd, &sets).map_err(KernelError::Batch)?;
+        crate::batch::write_all(self.map_fd(MAP_SOURCES)?, &sets).map_err(KernelError::Batch)?;
         Ok(left_out)
     }
 
@@ -825,17 +814,19 @@ impl Kernel {
         })
     }
 
-    fn map_fd(&self, name: &'static str) -> Result<i32> {
-        let fd = match self.map(name)? {
-            Map::HashMap(m) | Map::LruHashMap(m) => m.fd().as_fd().as_raw_fd(),
-            _ => return Err(KernelError::Missing(name)),
-        };
-        Ok(fd)
+    /// The map's data, for the kinds whose descriptor this wrapper reads directly (hashes and
+    /// the source table's array).
+    fn map_data(&self, name: &'static str) -> Result<&MapData> {
+        match self.map(name)? {
+            Map::HashMap(m) | Map::LruHashMap(m) | Map::Array(m) => Ok(m),
+            _ => Err(KernelError::Missing(name)),
+        }
     }
 
-    /// Stores a ban the way the kernel does: the authoritative `MON_BANS` entry, then the
-    /// bucket's copy, written in place by `PROG_SET_BAN` (only that field: the kernel's
-    /// concurrent counter and limiter updates stand). Every failed write is an error.
+    fn map_fd(&self, name: &'static str) -> Result<i32> {
+        Ok(self.map_data(name)?.fd().as_fd().as_raw_fd())
+    }
+
     /// Switches fleet heavy-hitter marking on (or off, with the all-zero config).
     pub fn set_fleet_config(&mut self, config: &FleetConfig) -> Result<()> {
         let mut array: Array<&mut MapData, FleetConfig> = self.typed_mut(MAP_FLEET_CONFIG)?;
@@ -854,8 +845,10 @@ impl Kernel {
         Ok(FleetReader { fd })
     }
 
-    /// Stores a ban the way the kernel does (authoritative entry; the bucket copy is refreshed
-    /// by the kernel when the bucket is next missing).
+    /// Stores a ban the way the kernel does: the authoritative `MON_BANS` entry, then its copy
+    /// in the source's slot, written in place by `PROG_SET_BAN` (only the state word, so the
+    /// kernel's concurrent counter updates stand). A source with no slot picks the ban up from
+    /// `MON_BANS` when it next sends.
     pub fn set_ban(&mut self, key: &AddrKey, until_ns: u64) -> Result<()> {
         let mut map: HashMap<&mut MapData, AddrKey, Ban> = self.typed_mut(MAP_BANS)?;
         map.insert(key, Ban { until_ns }, 0)

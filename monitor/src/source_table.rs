@@ -11,7 +11,7 @@ use std::{io, sync::Arc};
 use monitor_common::{
     addr::AddrKey,
     maps::Bucket,
-    table::{BANNED, CLAIMING, SOURCE_WAYS, SourceSet, SourceSlot, TableShape, is_empty},
+    table::{BANNED, CLAIMING, SourceSet, SourceSlot, TableShape, is_empty},
 };
 
 /// A shared read-only mapping of `MON_SOURCES`.
@@ -75,7 +75,7 @@ impl SourceTable {
             self.set(index)?
                 .slots
                 .into_iter()
-                .find(|slot| slot.key == *key && !is_empty(slot) && slot.tat_ns != CLAIMING)
+                .find(|slot| slot.key == *key && holds_source(slot))
         })
     }
 
@@ -91,8 +91,8 @@ impl SourceTable {
         let mut index = from;
         while let Some(set) = self.set(index) {
             index += 1;
-            for slot in set.slots.iter().take(SOURCE_WAYS) {
-                if !is_empty(slot) && slot.tat_ns != CLAIMING {
+            for slot in &set.slots {
+                if holds_source(slot) {
                     out.push((slot.key, report(slot)));
                 }
             }
@@ -159,6 +159,11 @@ impl Drop for SourceTable {
         // SAFETY: unmaps exactly what `map` mapped.
         unsafe { libc::munmap(self.ptr.cast_mut().cast(), self.len) };
     }
+}
+
+/// Whether a slot holds a source (not empty, and not half-written by a claim in progress).
+fn holds_source(slot: &SourceSlot) -> bool {
+    !is_empty(slot) && slot.tat_ns != CLAIMING
 }
 
 /// A slot as the reports see a source: its counters widened, its ban (if the slot holds one)

@@ -30,7 +30,13 @@ fn config() -> Config {
     }
 }
 
-/// A small table (32 sets), so that addresses aimed at one source's sets are quick to find.
+/// The user-space twin of the kernel's limiter under `config()`.
+fn twin() -> Twin {
+    let c = config();
+    Twin::new(c.source, c.v4_source_mask, c.v6_source_mask)
+}
+
+/// A small table (28 sets), so that addresses aimed at one source's sets are quick to find.
 const SMALL_TABLE: u32 = 64;
 
 fn load() -> Loaded {
@@ -76,11 +82,7 @@ fn a_spoofed_flood_into_a_loud_sources_sets_takes_the_quiet_slots_first() {
     let spoofed = aimed(&k, 400);
     let loud = Frame::udp(LOUD, LOOKUP_PORT, b"lookup").build();
     let loud_key = source_key(LOUD, &k.config());
-    let mut twin = Twin::new(
-        config().source,
-        config().v4_source_mask,
-        config().v6_source_mask,
-    );
+    let mut twin = twin();
     let (mut admitted, mut refused) = (0, 0);
     // The loud source sends 40 a second (four times its limit) for 10 s; between each two of
     // its packets a new spoofed address sends one.
@@ -129,11 +131,7 @@ fn a_loud_source_that_loses_its_slot_resumes_its_state() {
         .collect();
     let loud = Frame::udp(LOUD, LOOKUP_PORT, b"lookup").build();
     let loud_key = source_key(LOUD, &k.config());
-    let mut twin = Twin::new(
-        config().source,
-        config().v4_source_mask,
-        config().v6_source_mask,
-    );
+    let mut twin = twin();
     let (mut admitted, mut allowed, mut evictions) = (0u64, 0u64, 0u64);
     for second in 0..10u64 {
         // The loud source: 40 requests spread over the second.

@@ -1,13 +1,15 @@
-//! The periodic sample behind `monitor top`, the tracked-source metrics and the history's
-//! drop counts: read the source table (through its shared mapping) and the aggregate table
-//! (batched lookups on its own handle) in chunks, holding no lock the control handlers need, compute each key's request rate from
-//! the change in its `requests` counter, and keep the busiest keys ready to serve.
+//! The periodic sample behind `monitor top`, the tracked-source metrics and the history's drop
+//! counts: read the source table (through its shared mapping) and the aggregate table (batched
+//! lookups on its own handle) in chunks, holding no lock the control handlers need, compute
+//! each key's request rate from the change in its `requests` counter, and keep the busiest keys
+//! ready to serve.
 //!
 //! A sample must never stall the data plane. On an API host the daemon shares its cores with
-//! the packet processing it protects, and a whole-table read of a million sources is
-//! about a second of CPU: taken in one go, it is a second in which that core forwards
-//! nothing (measured: the drop rate fell to 4% of normal while it ran, with the daemon above
-//! the receive thread). So a sample reads [`CHUNK`] entries at a time and, after each chunk,
+//! the packet processing it protects, and a whole-table read of a million sources took about a
+//! second of CPU with the LRU table this project had before (about 0.2 s from the mapped
+//! set-associative table): taken in one go, that was a second in which the core forwarded
+//! almost nothing (measured: the drop rate fell to 4% of normal while it ran, with the daemon
+//! above the receive thread). So a sample reads [`CHUNK`] entries at a time and, after each chunk,
 //! sleeps long enough that its busy time stays within `--sample-cpu` (default
 //! [`SAMPLE_CPU_SHARE`]) of the time it runs; the next sample starts when the whole cycle stays
 //! within [`CYCLE_FRACTION`] of that. Busy
@@ -47,9 +49,9 @@ pub const CHUNK: usize = 1024;
 pub const SAMPLE_CPU_SHARE: f64 = crate::config::DEFAULT_SAMPLE_CPU as f64 / 100.0;
 /// Over a whole cycle sampling uses this fraction of its share while sampling: the next sample
 /// starts `busy / (share * CYCLE_FRACTION)` after this one started. At a million sources a
-/// sample is about a second of CPU here, so at the default share it runs for about 40 s and
-/// one starts every ~90 s; rates are computed over the real time between samples, and events
-/// are not affected.
+/// sample took 205 ms of CPU in the benchmark (BENCHMARKS.md, part 5), so at the default share
+/// it runs for about 10 s and one starts about every 20 s; rates are computed over the real
+/// time between samples, and events are not affected.
 pub const CYCLE_FRACTION: f64 = 0.5;
 /// History rows one sample may write: the keys with the most newly refused requests.
 pub const MAX_SIGHTINGS: usize = 1000;
