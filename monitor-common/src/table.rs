@@ -29,20 +29,21 @@
 //! first probe.
 //!
 //! **Claiming a slot** (a new source): the slot with the lowest [`eviction_score`] of its two
-//! sets is taken, the first set's on a tie (so empty slots fill the first set first). The score is how far the slot's state runs ahead of now, its
-//! debt: a source at its limit is in debt by about its tolerance, a spoofed one-packet source
-//! by one interval, decaying; an empty slot or one with no debt loses nothing when taken.
-//! Banned slots rank above every unbanned one. So a spoofed flood that fills a set takes the
-//! slots of quiet sources first; a source taken while in debt leaves its state in the kernel's
-//! `MON_PAROLE` map, which it resumes when it comes back.
+//! sets is taken, the first set's on a tie (so empty slots fill the first set first). The score
+//! is how far the slot's state runs ahead of now, its debt: a source at its limit is in debt by
+//! about its tolerance, a spoofed one-packet source by one interval, decaying; an empty slot or
+//! one with no debt loses nothing when taken. Banned slots rank above every unbanned one. So a
+//! spoofed flood that fills a set takes the slots of quiet sources first; a source taken while
+//! in debt leaves its state in the kernel's `MON_PAROLE` map, which it resumes when it comes
+//! back.
 //!
 //! **Concurrency.** A claimer swaps the victim's state to [`CLAIMING`] with a
 //! compare-and-swap, writes key and counters, then stores the new state; a CPU that finds its
 //! key with the state `CLAIMING` fails open. Updates of the state are compare-and-swaps
 //! against the value read, so an update that raced with a claim fails and is not applied to
-//! the new owner. Two CPUs claiming a slot for the same new key at the same instant may both
-//! succeed (two slots, each admitting its first request); lookups then always use the first,
-//! and the other, never charged again, is the first to be taken.
+//! the new owner. Two CPUs claiming a slot for the same new key at the same instant would
+//! both succeed (two slots, each admitting its first request), so the kernel serializes claims
+//! by a lock word per first set and probes again under it (`sources::admit_new`).
 
 use crate::addr::AddrKey;
 

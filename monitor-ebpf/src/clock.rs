@@ -29,9 +29,9 @@ impl Now {
         }
     }
 
-    /// A clock that reads `ns`, coarse and fine alike: for replays that inject time
-    /// (bench-ebpf's churn replay runs the product's source table on it).
-    #[allow(dead_code)]
+    /// A clock that reads `ns`, coarse and fine alike: for a decision made on a fine reading
+    /// already taken (`sources::admit_new`), and for replays that inject time (bench-ebpf's
+    /// churn replay).
     #[inline(always)]
     pub fn at(ns: u64) -> Self {
         Self {

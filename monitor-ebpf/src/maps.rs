@@ -53,6 +53,14 @@ pub static MON_SOURCES: Array<SourceSet> = Array::with_max_entries(1, BPF_F_MMAP
 #[map]
 pub static MON_PAROLE: LruHashMap<AddrKey, u64> = LruHashMap::with_max_entries(MAX_PAROLE, 0);
 
+/// Entries of [`MON_CLAIM_LOCKS`] (a power of two).
+pub const CLAIM_LOCKS: u32 = 1024;
+
+/// Claim locks, by a new source's first set (`sources::admit_new`): two CPUs seeing the same
+/// new source at once take one slot for it, not two. 0 = free. Not pinned.
+#[map]
+pub static MON_CLAIM_LOCKS: Array<u64> = Array::with_max_entries(CLAIM_LOCKS, 0);
+
 /// One word per CPU that a source lookup's outcome passes through (see `sources::lookup`).
 #[map]
 pub static MON_PLACE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

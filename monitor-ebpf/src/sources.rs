@@ -3,11 +3,12 @@
 //! The layout, placement and eviction rule are in `monitor_common::table`, shared with user
 //! space.
 //!
-//! What an off-path spoofer can do here: fill sets with addresses of its choosing. Each
-//! spoofed address takes the quietest slot of its set, so a loud real source keeps its slot
-//! unless four spoofed sources in its set are deeper in debt than it is, which needs each of
-//! them to spend about a burst; a source that does lose its slot while in debt finds its state
-//! parked in `MON_PAROLE` and resumes it. Aiming at one set needs the seed, drawn at load.
+//! What an off-path spoofer can do here: fill sets with addresses of its choosing. Each spoofed
+//! address takes the quietest slot of its two sets, so a loud real source keeps its slot unless
+//! a new address whose sets are the loud source's finds every other slot there held by a source
+//! deeper in debt, which needs each of those to spend about a burst; a source that does lose
+//! its slot while in debt finds its state parked in `MON_PAROLE` and resumes it. Aiming at a
+//! source's sets needs the seed, drawn when the table is created.
 //! docs/kernel.md ("The source table") has the bounds and the tests that show them.
 
 use monitor_common::{
@@ -20,11 +21,12 @@ use crate::{
     atomic,
     clock::{self, Now},
     limit::{Charge, gcra},
-    maps::{MON_BANS, MON_EVT_SPACING, MON_PAROLE, MON_PLACE, MON_SOURCES, SPACING_ENTRIES},
+    maps::{
+        CLAIM_LOCKS, MON_BANS, MON_CLAIM_LOCKS, MON_EVT_SPACING, MON_PAROLE, MON_PLACE,
+        MON_SOURCES, SPACING_ENTRIES,
+    },
+    policy,
 };
-
-/// Events per key are spaced at least this far apart.
-const EVENT_SPACING_NS: u64 = 1_000_000_000;
 
 /// A source's place in the table, found or claimed.
 #[derive(Clone, Copy)]
@@ -100,7 +102,12 @@ fn find_way(set: *const SourceSet, key: &AddrKey) -> usize {
 /// program (which took it past its instruction budget).
 #[inline(always)]
 pub fn lookup(shape: &TableShape, key: &AddrKey) -> Option<Place> {
-    let sets = shape.sets_of(key)?;
+    probe(shape.sets_of(key)?, key)
+}
+
+/// The probe behind [`lookup`], over sets already known.
+#[inline(always)]
+fn probe(sets: [u32; 2], key: &AddrKey) -> Option<Place> {
     let mut slot = find_way(MON_SOURCES.get_ptr(sets[0])?, key);
     if slot == SOURCE_WAYS {
         slot += find_way(MON_SOURCES.get_ptr(sets[1])?, key);
@@ -129,10 +136,8 @@ impl Slot {
     /// Counts a request refused before charging (a banned source's).
     #[inline(always)]
     pub fn count_refused(&self) {
-        unsafe {
-            (*self.ptr).requests = (*self.ptr).requests.wrapping_add(1);
-            (*self.ptr).refused = (*self.ptr).refused.wrapping_add(1);
-        }
+        self.count_request();
+        self.count_refused_only();
     }
 
     /// Whether the slot holds a ban that still applies. A ban found expired is lifted here:
@@ -175,7 +180,7 @@ impl Slot {
     /// (lifted under this CPU's feet), admits: it fails open.
     #[inline(always)]
     pub fn charge(&self, limit: &Limit, now: &mut Now) -> Charge {
-        unsafe { (*self.ptr).requests = (*self.ptr).requests.wrapping_add(1) };
+        self.count_request();
         let tat = atomic::load(self.tat_ptr());
         if tat & BANNED != 0 {
             return Charge::Admitted;
@@ -190,6 +195,11 @@ impl Slot {
             self.count_refused_only();
         }
         charge
+    }
+
+    #[inline(always)]
+    fn count_request(&self) {
+        unsafe { (*self.ptr).requests = (*self.ptr).requests.wrapping_add(1) };
     }
 
     #[inline(always)]
@@ -258,11 +268,56 @@ pub fn claim(
     None
 }
 
+/// CAS attempts on a claim lock before claiming without it (fail open: at worst a second slot
+/// for the same source). A claim holds the lock for a probe, a `MON_PAROLE` lookup and a
+/// claim; 64 attempts were too few for the two-CPU rate test's TC runs, 1,024 were enough.
+const CLAIM_LOCK_ATTEMPTS: usize = 1024;
+
 /// A source with no slot: its state from `MON_PAROLE` if a claim parked it there, charged
 /// with this request (the GCRA step: admitted or refused), or else a fresh state that admits
 /// it. Claims a slot for it either way (None if other CPUs won every attempt).
+///
+/// Two CPUs that see a new source's first packets at once would each claim a slot, and each
+/// admit a first request. So a claim holds the lock of the source's first set
+/// (`MON_CLAIM_LOCKS`) and probes again under it: the second CPU finds the first one's slot
+/// and charges it like any found slot.
 #[inline(always)]
 pub fn admit_new(place: &Place, key: &AddrKey, limit: &Limit, now: u64) -> (Charge, Option<Slot>) {
+    let lock = MON_CLAIM_LOCKS.get_ptr_mut(place.sets[0] & (CLAIM_LOCKS - 1));
+    let locked = match lock {
+        Some(lock) => take_claim_lock(lock),
+        None => false,
+    };
+    let result = admit_new_locked(place, key, limit, now);
+    if locked && let Some(lock) = lock {
+        // A plain store releases it: the claim's stores are already visible before it.
+        unsafe { core::ptr::write_volatile(lock, 0) };
+    }
+    result
+}
+
+#[inline(always)]
+fn take_claim_lock(lock: *mut u64) -> bool {
+    let mut attempt = 0;
+    while attempt < CLAIM_LOCK_ATTEMPTS {
+        if atomic::compare_and_swap(lock, 0, 1) {
+            return true;
+        }
+        attempt += 1;
+    }
+    false
+}
+
+#[inline(always)]
+fn admit_new_locked(
+    place: &Place,
+    key: &AddrKey,
+    limit: &Limit,
+    now: u64,
+) -> (Charge, Option<Slot>) {
+    if let Some(slot) = probe(place.sets, key).and_then(|again| again.slot()) {
+        return (slot.charge(limit, &mut Now::at(now)), Some(slot));
+    }
     let (admitted, tat) = match unsafe { MON_PAROLE.get(key) } {
         Some(&parked) => {
             let _ = MON_PAROLE.remove(key);
@@ -302,14 +357,10 @@ pub fn claim_event_slot(shape: &TableShape, key: &AddrKey, now: &mut Now, always
     let owner = atomic::load(owner_ptr);
     let last = atomic::load(last_ptr);
     let mine = owner == hash && last != 0;
-    // Every instant the fine clock can read is within the spacing after `last`.
-    if !always && mine && last <= now.earliest() && now.latest() - last < EVENT_SPACING_NS {
+    if !always && mine && policy::within_event_spacing(last, now) {
         return false;
     }
     let fine = now.fine();
-    if !always && mine && fine.wrapping_sub(last) < EVENT_SPACING_NS {
-        return false;
-    }
     if !mine {
         // Taking the entry from another key (or a fresh one): plain stores, since a race here
         // costs at most one extra event, which the global budget still bounds.
